@@ -1,0 +1,1 @@
+"""Spec models, dependency locking, image building and the `dagseal` command line."""

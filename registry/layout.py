@@ -1,0 +1,249 @@
+"""The embedded store: an OCI image layout folder (`oci:DIR`), one folder for every repository.
+
+Tags are `org.opencontainers.image.ref.name` = `<repository>:<tag>` entries of `index.json`
+(skopeo and umoci read the same names). Writes are crash-safe: a blob is streamed to `DIR/.tmp/`,
+hashed on the way, fsynced and renamed into `blobs/sha256/`; `index.json` is rewritten to a temp
+file and renamed, under a file lock, and only after every blob it names is in place. A crash at
+any point leaves the previous index, so no tag ever points at missing content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from filelock import FileLock
+
+from registry.digest import CHUNK, VerifyingReader, hex_of, is_digest, parse_digest
+from registry.errors import BadInput, NotFound, Refused, StorageError
+from registry.model import (
+    ANN_REF_NAME,
+    OCI_INDEX,
+    Descriptor,
+    RawContent,
+    canonical_json,
+    load_json,
+    parse_content,
+)
+from registry.store import Store, iter_children
+
+LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
+LOCK_NAME = ".dagseal.lock"
+TMP_NAME = ".tmp"
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+
+def ref_name(repository: str, tag: str) -> str:
+    return f"{repository}:{tag}" if repository else tag
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LayoutStore(Store):
+    """An OCI image layout folder; created on first write."""
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+        self.root = Path(root)
+        self._create = create
+        if not create and not (self.root / "index.json").is_file():
+            raise NotFound(f"{self.root} is not an OCI image layout (no index.json)",
+                           hint="build into it first (dagseal build) or check the path")
+
+    # -- paths ----------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / hex_of(digest)
+
+    def _ensure(self) -> None:
+        if (self.root / "oci-layout").is_file():
+            return
+        if not self._create:
+            raise NotFound(f"{self.root} is not an OCI image layout")
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (self.root / TMP_NAME).mkdir(exist_ok=True)
+        self._atomic_write(self.root / "index.json", canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}),
+                           only_if_missing=True)
+        self._atomic_write(self.root / "oci-layout", LAYOUT_FILE, only_if_missing=True)
+
+    def _atomic_write(self, path: Path, data: bytes, *, only_if_missing: bool = False) -> None:
+        (self.root / TMP_NAME).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root / TMP_NAME)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            if only_if_missing and path.exists():
+                os.unlink(tmp)
+                return
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _lock(self) -> FileLock:
+        self._ensure()
+        return FileLock(str(self.root / TMP_NAME / LOCK_NAME))
+
+    # -- index ----------------------------------------------------------------------------------
+    def _read_index(self) -> list[dict]:
+        path = self.root / "index.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        doc = load_json(data, what=f"{path}", limit=MAX_INDEX_BYTES)
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+            raise Refused(f"{path} is not an OCI index", check="manifest-format")
+        return [m for m in doc.get("manifests", []) if isinstance(m, dict)]
+
+    def _write_index(self, manifests: list[dict]) -> None:
+        doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+        self._atomic_write(self.root / "index.json", canonical_json(doc))
+
+    def entries(self) -> Iterator[tuple[str | None, Descriptor]]:
+        """(ref name or None, descriptor) for every manifest listed in index.json."""
+        for m in self._read_index():
+            try:
+                desc = Descriptor.model_validate(m)
+            except Exception:
+                continue
+            yield (desc.annotations or {}).get(ANN_REF_NAME), desc
+
+    # -- blobs ----------------------------------------------------------------------------------
+    def has_blob(self, repository: str, desc: Descriptor) -> bool:
+        try:
+            return self.blob_path(desc.digest).stat().st_size == desc.size
+        except FileNotFoundError:
+            return False
+
+    @contextlib.contextmanager
+    def open_blob(self, repository: str, desc: Descriptor) -> Iterator[BinaryIO]:
+        try:
+            raw = open(self.blob_path(desc.digest), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {desc.digest} is not in {self.root}") from None
+        with VerifyingReader(raw, desc.digest, desc.size) as reader:
+            yield reader  # type: ignore[misc]
+
+    def put_blob(self, repository: str, desc: Descriptor, stream: BinaryIO) -> None:
+        if self.has_blob(repository, desc):
+            return
+        self._ensure()
+        fd, tmp = tempfile.mkstemp(dir=self.root / TMP_NAME)
+        try:
+            h = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := stream.read(CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                    if size > desc.size:
+                        break
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            got = "sha256:" + h.hexdigest()
+            if size != desc.size or got != desc.digest:
+                raise Refused(f"blob written to {self.root} hashes to {got} ({size} bytes), "
+                              f"descriptor says {desc.digest} ({desc.size} bytes)", check="blob-digest")
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, self.blob_path(desc.digest))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_blob_bytes(self, desc: Descriptor, data: bytes) -> None:
+        import io
+
+        self.put_blob("", desc, io.BytesIO(data))
+
+    def adopt_file(self, path: Path, desc: Descriptor) -> None:
+        """Move an already hashed file (e.g. a freshly built layer) into the store without copying.
+
+        The caller computed `desc` while writing `path`; the file must be on the same filesystem."""
+        if self.has_blob("", desc):
+            os.unlink(path)
+            return
+        self._ensure()
+        os.chmod(path, 0o444)
+        os.replace(path, self.blob_path(desc.digest))
+
+    # -- manifests ------------------------------------------------------------------------------
+    def resolve(self, repository: str, reference: str) -> Descriptor:
+        if is_digest(reference):
+            path = self.blob_path(reference)
+            if not path.is_file():
+                raise NotFound(f"manifest {reference} is not in {self.root}")
+            content = self.get_manifest(repository, reference)
+            return content.descriptor()
+        name = ref_name(repository, reference)
+        for ref, desc in self.entries():
+            if ref == name:
+                return desc
+        raise NotFound(f"no tag {name!r} in oci:{self.root}",
+                       hint=f"list what is there with `skopeo inspect oci:{self.root}:NAME` or build it first")
+
+    def get_manifest(self, repository: str, digest: str) -> RawContent:
+        parse_digest(digest)
+        path = self.blob_path(digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"manifest {digest} is not in {self.root}") from None
+        with open(path, "rb") as fh:
+            reader = VerifyingReader(fh, digest, size, what="manifest")
+            data = reader.read(8 * 1024 * 1024)
+            reader.read()
+        return parse_content(data, what=f"manifest {digest} in {self.root}")
+
+    def put_manifest(self, repository: str, content: RawContent, tag: str | None = None) -> Descriptor:
+        missing = [d.digest for d in iter_children(content) if not self.blob_path(d.digest).is_file()]
+        if missing:
+            raise StorageError(f"refusing to write manifest {content.digest} to {self.root}: "
+                               f"blobs {', '.join(missing)} are missing", hint="copy the blobs first")
+        desc = content.descriptor()
+        self.put_blob(repository, desc, __import__("io").BytesIO(content.raw))
+        with self._lock():
+            manifests = self._read_index()
+            if tag is None:
+                if not any(m.get("digest") == desc.digest for m in manifests):
+                    manifests.append(desc.to_json_dict())
+            else:
+                name = ref_name(repository, tag)
+                manifests = [m for m in manifests if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
+                manifests = [m for m in manifests if m.get("digest") != desc.digest or (m.get("annotations") or {}).get(ANN_REF_NAME)]
+                manifests.append(desc.with_annotations({ANN_REF_NAME: name}).to_json_dict())
+            self._write_index(manifests)
+        return desc
+
+    def tags(self, repository: str) -> list[str]:
+        prefix = f"{repository}:" if repository else ""
+        out = []
+        for ref, _ in self.entries():
+            if ref and ref.startswith(prefix) and (repository or ":" not in ref):
+                out.append(ref[len(prefix):])
+        return sorted(out)
+
+    def repositories(self) -> list[str]:
+        return sorted({ref.rpartition(":")[0] for ref, _ in self.entries() if ref and ":" in ref})
+
+
+def open_layout(location: str, *, create: bool = True) -> LayoutStore:
+    if not location:
+        raise BadInput("an oci: reference needs a folder")
+    return LayoutStore(location, create=create)
