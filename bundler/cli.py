@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "codeowners": "bundler.commands:codeowners",
     "schema": "bundler.commands:schema",
     "lock": "bundler.commands:lock",
-    "build": "bundler.commands:build",
+    "build": "bundler.build:command",
     "push": "registry.commands:push",
     "copy": "registry.commands:copy",
     "sign": "signing.commands:sign",
