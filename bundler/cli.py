@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _specs(p); _select(p); _common(p)
     p.add_argument("--find-links", action="append", default=[], help="extra wheel folder for uv (offline wheelhouses)")
     p.add_argument("--offline", action="store_true", help="resolve from uv's cache and --find-links only")
+    p.add_argument("--upgrade", action="store_true", help="re-resolve to the newest allowed versions instead of keeping the pins of the current lock")
 
     p = sub.add_parser("build", help="build each bundle into an OCI image in the org's store (or --to)")
     _specs(p); _select(p); _common(p)
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--format", choices=["json", "kyverno", "policy-controller"], default="json")
     pe.add_argument("--out", help="file to write (default: stdout)")
     pe.add_argument("--offline-grace", help="let a verified bundle start while its registry is down for this long (e.g. 24h)")
+    pe.add_argument("--trust-config", help="Sigstore ClientTrustConfig JSON of a private instance: its trusted root is embedded")
 
     p = sub.add_parser("verify", help="verify an image for a team; print the decision")
     p.add_argument("ref"); _policy_args(p); _common(p)

@@ -1,0 +1,456 @@
+"""`dagseal build`: each bundle spec -> one reproducible OCI image in the org's store (or `--to`).
+
+The image is the base's layers, then dependencies, DAG code and metadata layers (DESIGN.md, "The
+image of a bundle"). Guards against:
+- a half-written image: every bundle is planned first (lock current, base allowed and readable,
+  source present) before anything is built; layers are finished in the cache before the store is
+  touched; the store receives blobs first, the manifest and its tag last, so a failure or a kill at
+  any point leaves no tag pointing at missing content;
+- irreproducibility: layers from `bundler.layers`, config and manifest in canonical JSON, times
+  from SOURCE_DATE_EPOCH (else 0), source/revision annotations from CI variables or git, else a
+  fixed value;
+- wasted work: layers are cached by what they are made of (`bundler.cache`), blobs the destination
+  already has are skipped, the dependency and DAG layers are built in parallel.
+
+Only the first of the org's platforms is built (one image manifest, no index); a warning says so
+when the org lists several.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bundler.base import BaseImage, load_base
+from bundler.cache import LayerCache, cache_key
+from bundler.layers import Codec, LayerFile, file_entry, listing_digest, parent_dirs, scan_tree, write_layer
+from bundler.output import Output
+from bundler.specs import Bundle, Organisation, load_organisation
+from registry.errors import BadInput, DagsealError, StorageError
+from registry.model import (
+    ANN_BUNDLE,
+    ANN_CREATED,
+    ANN_LOCK_DIGEST,
+    ANN_REVISION,
+    ANN_SOURCE,
+    ANN_SPEC_DIGEST,
+    ANN_TEAM,
+    ANN_VERSION,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    RawContent,
+    canonical_json,
+    encode,
+)
+from registry.ref import Reference, parse_reference
+from registry.store import Store
+
+BUNDLES_ROOT = "opt/airflow/bundles"
+UNKNOWN = "unknown"  # source/revision when neither CI variables nor git say (keeps builds reproducible)
+
+
+def bundle_prefix(bundle_name: str) -> str:
+    return f"{BUNDLES_ROOT}/{bundle_name}"
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    codec: Codec = "gzip"
+    cache_dir: Path | None = None
+    find_links: tuple[str, ...] = ()
+    offline: bool = False
+    plain_http: bool = False
+    epoch: int = 0
+    source: str = UNKNOWN
+    revision: str = UNKNOWN
+
+
+@dataclass(frozen=True)
+class Lock:
+    """What the builder needs of a bundle's lock (area 1's `bundler.lock.LockFile` or the adapter)."""
+
+    path: Path
+    digest: str
+    requirements: str  # the hashed requirements text uv installs from
+
+
+@dataclass(frozen=True)
+class Plan:
+    bundle: Bundle
+    lock: Lock
+    base: BaseImage
+    platform: str
+    python: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    team: str
+    bundle: str
+    ref: str
+    digest: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"team": self.team, "bundle": self.bundle, "ref": self.ref, "digest": self.digest}
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH as an int (0 when unset); BadInput when it is not a non-negative integer."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise BadInput(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds since 1970",
+                       hint="set it to an integer like $(git log -1 --format=%ct), or unset it")
+    return int(raw)
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _strip_userinfo(url: str) -> str:
+    return re.sub(r"^(\w+://)[^/@]+@", r"\1", url)
+
+
+def source_and_revision(specs_root: Path) -> tuple[str, str]:
+    """From DAGSEAL_SOURCE/DAGSEAL_REVISION, GitHub or GitLab CI variables, else git, else 'unknown'."""
+    env = os.environ
+    source = env.get("DAGSEAL_SOURCE") or ""
+    revision = env.get("DAGSEAL_REVISION") or ""
+    if not source and env.get("GITHUB_REPOSITORY"):
+        source = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}"
+    revision = revision or env.get("GITHUB_SHA", "") or env.get("CI_COMMIT_SHA", "")
+    source = source or env.get("CI_PROJECT_URL", "")
+    if (not source or not revision) and specs_root.is_dir():
+        source = source or _strip_userinfo(_git(specs_root, "config", "--get", "remote.origin.url"))
+        revision = revision or _git(specs_root, "rev-parse", "HEAD")
+    return _strip_userinfo(source) or UNKNOWN, revision or UNKNOWN
+
+
+def read_lock(org: Organisation, bundle: Bundle) -> Lock:
+    """The bundle's lock via area 1's `bundler.lock.read_lock` (which refuses missing or stale locks),
+    with the exact bytes whose digest goes into the image (re-checked: the file may change under us)."""
+    from bundler.lock import read_lock as checked_lock
+
+    lock = checked_lock(org, bundle)
+    data = Path(lock.path).read_bytes()
+    if "sha256:" + hashlib.sha256(data).hexdigest() != lock.digest:
+        raise BadInput(f"lock {lock.path} of bundle {bundle.name} changed while the build read it",
+                       hint="do not edit locks during a build; run it again")
+    return Lock(Path(lock.path), lock.digest, data.decode("utf-8"))
+
+
+def locked_packages(requirements: str) -> dict[str, str]:
+    """`name==version` pins of a hashed requirements file (for bundle.json)."""
+    out = {}
+    for line in requirements.splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line.strip())
+        if m:
+            out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return dict(sorted(out.items()))
+
+
+def plan_bundle(org: Organisation, bundle: Bundle, *, plain_http: bool = False) -> Plan:
+    if not bundle.source_dir.is_dir():
+        raise BadInput(f"{bundle.path}: bundle.source: folder {bundle.source_dir} does not exist",
+                       hint="create it or fix the path in the spec")
+    lock = read_lock(org, bundle)
+    base = load_base(org, bundle, plain_http=plain_http)
+    return Plan(bundle, lock, base, org.org.org.platforms[0], org.org.org.python)
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+def _skip_dag_file(rel: str) -> bool:
+    """Bytecode left by local runs is host state, not DAG code."""
+    name = rel.rsplit("/", 1)[-1]
+    return name == "__pycache__" or name.endswith((".pyc", ".pyo"))
+
+
+def deps_layer(plan: Plan, cache: LayerCache, opts: BuildOptions, out: Output) -> LayerFile:
+    python = plan.python
+    key = cache_key(kind="deps", bundle=plan.bundle.name, lock=plan.lock.digest, python=python,
+                    platform=plan.platform, codec=opts.codec, epoch=opts.epoch)
+    hit = cache.get(key)
+    if hit:
+        return hit
+    cache.prepare()
+    work = Path(tempfile.mkdtemp(dir=cache.tmp_dir, prefix="deps-"))
+    try:
+        target = work / "site-packages"
+        target.mkdir()
+        if locked_packages(plan.lock.requirements):
+            from bundler.install import install_wheels
+
+            reqs = work / "requirements.txt"
+            reqs.write_text(plan.lock.requirements, encoding="utf-8")
+            out.info(f"installing the locked wheels of {plan.bundle.name} (uv)")
+            install_wheels(reqs, target, python=python, platform=plan.platform,
+                           find_links=list(opts.find_links), offline=opts.offline)
+        entries = scan_tree(target, f"{bundle_prefix(plan.bundle.name)}/site-packages", what="site-packages")
+        layer = write_layer(entries, cache.tmp_dir, codec=opts.codec, epoch=opts.epoch)
+        return cache.put(key, layer)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def dags_layer(plan: Plan, cache: LayerCache, opts: BuildOptions) -> LayerFile:
+    src = plan.bundle.source_dir
+    try:
+        entries = scan_tree(src, f"{bundle_prefix(plan.bundle.name)}/dags", what=f"{plan.bundle.path}: bundle.source",
+                            skip=_skip_dag_file)
+        key = cache_key(kind="dags", listing=listing_digest(entries), codec=opts.codec, epoch=opts.epoch)
+        hit = cache.get(key)
+        if hit:
+            return hit
+        cache.prepare()
+        return cache.put(key, write_layer(entries, cache.tmp_dir, codec=opts.codec, epoch=opts.epoch))
+    except PermissionError as exc:
+        raise BadInput(f"{plan.bundle.path}: bundle.source: cannot read {exc.filename}: {exc.strerror}",
+                       hint="make every file in the DAG folder readable by the build user") from None
+
+
+def metadata_layer(plan: Plan, cache: LayerCache, opts: BuildOptions) -> LayerFile:
+    """bundle.json: spec, digests, pinned versions, base; small, so written every time."""
+    b = plan.bundle
+    doc = {
+        "schemaVersion": 1,
+        "team": b.team,
+        "bundle": b.name,
+        "version": b.spec.version,
+        "repository": b.repository,
+        "spec": b.spec.model_dump(mode="json"),
+        "spec_digest": b.spec_digest,
+        "lock_digest": plan.lock.digest,
+        "python": plan.python,
+        "platform": plan.platform,
+        "packages": locked_packages(plan.lock.requirements),
+        "base": {"name": plan.base.name, "digest": plan.base.digest},
+        "builder": {"name": "dagseal", "version": _dagseal_version()},
+    }
+    prefix = bundle_prefix(b.name)
+    entries = parent_dirs(prefix) + [file_entry(f"{prefix}/bundle.json", canonical_json(doc) + b"\n")]
+    cache.prepare()
+    return write_layer(entries, cache.tmp_dir, codec=opts.codec, epoch=opts.epoch)
+
+
+def _dagseal_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dagseal")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+# -- config and manifest -----------------------------------------------------------------------
+
+
+def iso_time(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_config(plan: Plan, diff_ids: list[str], created: str) -> dict[str, Any]:
+    """The image config: the base's runtime settings, our PYTHONPATH, rootfs and history."""
+    base_cfg = plan.base.config
+    run_cfg = dict(base_cfg.get("config") or {})
+    site = f"/{bundle_prefix(plan.bundle.name)}/site-packages"
+    env = [e for e in (run_cfg.get("Env") or []) if isinstance(e, str)]
+    old = [e.split("=", 1)[1] for e in env if e.startswith("PYTHONPATH=")]
+    env = [e for e in env if not e.startswith("PYTHONPATH=")]
+    env.append("PYTHONPATH=" + ":".join([site] + [o for o in old if o]))
+    run_cfg["Env"] = env
+    os_, _, arch = plan.platform.partition("/")
+    config: dict[str, Any] = {"architecture": arch, "os": os_, "created": created, "config": run_cfg,
+                              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    base_history = base_cfg.get("history")
+    if not plan.base.layers or isinstance(base_history, list):
+        ours = [{"created": created, "created_by": f"dagseal build: {what}"}
+                for what in ("dependencies", "DAG code", "metadata")]
+        config["history"] = list(base_history or []) + ours
+    return config
+
+
+def annotations(plan: Plan, opts: BuildOptions, created: str) -> dict[str, str]:
+    b = plan.bundle
+    return {ANN_VERSION: b.spec.version, ANN_CREATED: created, ANN_SOURCE: opts.source, ANN_REVISION: opts.revision,
+            ANN_TEAM: b.team, ANN_BUNDLE: b.name, ANN_SPEC_DIGEST: b.spec_digest, ANN_LOCK_DIGEST: plan.lock.digest}
+
+
+@dataclass(frozen=True)
+class Image:
+    """Everything to publish: new layer files, the config bytes and the encoded manifest."""
+
+    layers: list[LayerFile]
+    config: bytes
+    config_desc: Descriptor
+    manifest: RawContent
+
+
+def assemble(plan: Plan, layers: list[LayerFile], opts: BuildOptions) -> Image:
+    created = iso_time(opts.epoch)
+    diff_ids = list(plan.base.diff_ids) + [layer.diff_id for layer in layers]
+    config = canonical_json(image_config(plan, diff_ids, created))
+    config_desc = Descriptor(mediaType=OCI_CONFIG, digest="sha256:" + hashlib.sha256(config).hexdigest(),
+                             size=len(config))
+    manifest = Manifest(schemaVersion=2, mediaType=OCI_MANIFEST, config=config_desc,
+                        layers=list(plan.base.layers) + [layer.descriptor for layer in layers],
+                        annotations=annotations(plan, opts, created))
+    return Image(layers, config, config_desc, encode(manifest))
+
+
+# -- publishing --------------------------------------------------------------------------------
+
+
+def _put_layer_file(store: Store, repository: str, layer: LayerFile) -> None:
+    """Hard-link a cached layer into a layout store (no copy, no re-hash); else stream it."""
+    if store.has_blob(repository, layer.descriptor):
+        return
+    from registry.layout import TMP_NAME, LayoutStore
+
+    if isinstance(store, LayoutStore):
+        tmp_dir = store.root / TMP_NAME
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        link = tmp_dir / f"adopt-{os.getpid()}-{layer.descriptor.digest[7:23]}-{os.urandom(4).hex()}"
+        try:
+            os.link(layer.path, link)
+        except OSError:
+            pass  # another filesystem or no hard links: stream below
+        else:
+            store.adopt_file(link, layer.descriptor)
+            return
+    with open(layer.path, "rb") as fh:
+        store.put_blob(repository, layer.descriptor, fh)
+
+
+def _copy_base_blob(plan: Plan, store: Store, repository: str, desc: Descriptor) -> None:
+    if store.has_blob(repository, desc):
+        return
+    assert plan.base.store is not None
+    with plan.base.store.open_blob(plan.base.repository, desc) as fh:
+        store.put_blob(repository, desc, fh)
+
+
+def publish(plan: Plan, image: Image, store: Store, target: Reference) -> Reference:
+    """Blobs first (in parallel, skipping what the store has), manifest and tag last."""
+    b = plan.bundle
+    ref = target.for_bundle(b.repository, b.spec.version)
+    try:
+        with cf.ThreadPoolExecutor(max_workers=4) as pool:
+            jobs = [pool.submit(_copy_base_blob, plan, store, ref.repository, d) for d in plan.base.layers]
+            jobs += [pool.submit(_put_layer_file, store, ref.repository, layer) for layer in image.layers]
+            for job in jobs:
+                job.result()
+        if not store.has_blob(ref.repository, image.config_desc):
+            import io
+
+            store.put_blob(ref.repository, image.config_desc, io.BytesIO(image.config))
+        store.put_manifest(ref.repository, image.manifest, tag=b.spec.version)
+    except OSError as exc:
+        raise StorageError(f"writing {b.name} to {target}: {exc}", hint="check the destination is writable and has space") from None
+    return ref
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def build_bundle(plan: Plan, store: Store, target: Reference, cache: LayerCache, opts: BuildOptions,
+                 out: Output) -> BuildResult:
+    with out.progress() as progress:
+        task = progress.add_task(f"building {plan.bundle.name}", total=3)
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:
+            deps = pool.submit(deps_layer, plan, cache, opts, out)
+            dags = pool.submit(dags_layer, plan, cache, opts)
+            layers = [deps.result()]
+            progress.advance(task)
+            layers.append(dags.result())
+            progress.advance(task)
+        meta = metadata_layer(plan, cache, opts)
+        try:
+            image = assemble(plan, layers + [meta], opts)
+            ref = publish(plan, image, store, target)
+        finally:
+            meta.path.unlink(missing_ok=True)  # adopted by hard link or streamed: the temp file goes
+        progress.advance(task)
+    return BuildResult(plan.bundle.team, plan.bundle.name, str(ref), image.manifest.digest)
+
+
+def target_reference(org: Organisation, to: str | None) -> Reference:
+    """`--to` as given, else org.registry with a relative oci: folder taken from the repo root."""
+    if to:
+        return parse_reference(to)
+    registry = org.org.org.registry
+    try:
+        ref = parse_reference(registry)
+    except BadInput as exc:
+        raise BadInput(f"{org.root / 'org.toml'}: org.registry: {exc.message}", hint=exc.hint) from None
+    if ref.kind == "oci" and not Path(ref.location).is_absolute():
+        from dataclasses import replace
+
+        ref = replace(ref, location=str(org.root.parent / ref.location))
+    return ref
+
+
+def options(args: argparse.Namespace, org: Organisation) -> BuildOptions:
+    source, revision = source_and_revision(org.root)
+    cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else org.root.parent / ".dagseal" / "cache"
+    return BuildOptions(codec="zstd" if getattr(args, "zstd", False) else "gzip", cache_dir=cache_dir,
+                        find_links=tuple(getattr(args, "find_links", None) or ()),
+                        offline=bool(getattr(args, "offline", False)),
+                        plain_http=bool(getattr(args, "plain_http", False)),
+                        epoch=source_date_epoch(), source=source, revision=revision)
+
+
+def build(org: Organisation, bundles: list[Bundle], target: Reference, opts: BuildOptions, out: Output) -> list[BuildResult]:
+    """Plan every bundle (nothing written if one is wrong), then build and publish each."""
+    plans = [plan_bundle(org, b, plain_http=opts.plain_http) for b in bundles]
+    if len(org.org.org.platforms) > 1:
+        out.warn(f"the org lists platforms {', '.join(org.org.org.platforms)}; "
+                 f"this build makes images for the first only ({org.org.org.platforms[0]})")
+    assert opts.cache_dir is not None
+    cache = LayerCache(opts.cache_dir)
+    from registry.open import open_store
+
+    results = []
+    store = open_store(target, plain_http=opts.plain_http)
+    with store:
+        for plan in plans:
+            results.append(build_bundle(plan, store, target, cache, opts, out))
+    return results
+
+
+def command(args: argparse.Namespace, out: Output) -> int:
+    org = load_organisation(args.specs)
+    bundles = org.select(args.team, args.bundle)
+    if not bundles:
+        raise BadInput(f"no bundle in {args.specs} matches --team {args.team or '*'} --bundle {args.bundle or '*'}",
+                       hint="check the names with `dagseal validate`")
+    target = target_reference(org, args.to)
+    if target.tag or target.digest or (target.repository and target.kind != "registry"):
+        raise BadInput(f"--to {args.to}: give the store only (oci:DIR, s3://BUCKET/PREFIX or host/path); "
+                       "images are named <team>/<bundle>:<version> inside it", hint=f"drop the name from {args.to}")
+    for result in build(org, bundles, target, options(args, org), out):
+        out.result(result.to_json(), f"{result.ref}@{result.digest}")
+    return 0

@@ -1,0 +1,247 @@
+"""Handlers of `dagseal sign`, `attest`, `keygen` and `policy export`.
+
+`sign` reads the image from any store, runs the pre-flight (the signer must be listed for the
+image's team; the image's team and bundle must agree with the org), signs the team statement and
+attaches the bundle as an OCI referrer. Nothing is attached unless every check passed and every
+signature was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bundler.output import Output
+from registry.errors import BadInput, Refused
+from registry.model import Descriptor, RawContent
+from registry.ref import Reference, parse_reference
+from signing.preflight import ImageFacts, check_bundle, check_signer, image_facts, parse_expires, predicate_for
+from signing.signers.base import Signer
+from signing.statement import PREDICATE_TYPE, BundlePredicate, make_statement
+
+
+# -- signers ---------------------------------------------------------------------------------------
+def make_signer(args: argparse.Namespace) -> Signer:
+    if getattr(args, "key", None):
+        from signing.signers.keyfile import KeyFileSigner
+
+        return KeyFileSigner.from_file(args.key)
+    if getattr(args, "kms", None):
+        from signing.signers.kms import KmsSigner
+
+        return KmsSigner(args.kms)
+    from signing.signers.keyless import KeylessSigner
+
+    return KeylessSigner(identity_token=_token(args), trust_config=getattr(args, "trust_config", None))
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    value = getattr(args, "identity_token", None)
+    if value and value.startswith("@"):  # @FILE reads the token from a file (keeps it out of argv)
+        try:
+            return Path(value[1:]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BadInput(f"--identity-token {value}: cannot be read ({exc.strerror})") from None
+    return value
+
+
+# -- the image -------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    ref: Reference
+    store: object
+    content: RawContent
+    facts: ImageFacts
+
+    @property
+    def subject(self) -> Descriptor:
+        return self.content.descriptor()
+
+    @property
+    def digest(self) -> str:
+        return self.content.digest
+
+
+def open_target(text: str, *, plain_http: bool = False) -> Target:
+    from registry.open import open_store
+
+    ref = parse_reference(text)
+    if not ref.reference:
+        raise BadInput(f"reference {text!r} names no tag or digest", hint="append :TAG or @sha256:... to name the image")
+    store = open_store(ref, plain_http=plain_http, create=False)
+    try:
+        content = store.get(ref.repository, ref.reference)
+        if ref.digest and content.digest != ref.digest:
+            raise Refused(f"{text}: store returned manifest {content.digest}", check="blob-digest")
+        return Target(ref=ref, store=store, content=content, facts=image_facts(content, text))
+    except BaseException:
+        store.close()
+        raise
+
+
+# -- pre-flight ------------------------------------------------------------------------------------
+def preflight(args: argparse.Namespace, facts: ImageFacts, signer: Signer) -> None:
+    if getattr(args, "policy", None):
+        from signing.trust import load_policy
+
+        policy = load_policy(args.policy)
+        source = f"policy {args.policy}"
+        if facts.team not in policy.teams:
+            raise Refused(f"image team {facts.team!r} is not in {source}", check="team",
+                          hint="sign only images of teams the org declares")
+        check_bundle(facts, policy.team_of(facts.bundle), source)
+        check_signer(signer.identity, facts.team, policy.signers_for(facts.team), source)
+        return
+    from bundler.specs import load_organisation
+    from signing.policy_export import compile_team
+
+    specs = getattr(args, "specs", None) or "specs"
+    org = load_organisation(specs)
+    source = f"{Path(specs) / 'org.toml'}"
+    if facts.team not in org.org.teams:
+        raise Refused(f"image team {facts.team!r} is not in {source}", check="team",
+                      hint="sign only images of teams the org declares")
+    owners = [b.team for b in org.bundles if b.name == facts.bundle]
+    check_bundle(facts, owners[0] if owners else None, source)
+    check_signer(signer.identity, facts.team, compile_team(org, facts.team).signers, source)
+
+
+# -- handlers --------------------------------------------------------------------------------------
+def sign(args: argparse.Namespace, out: Output) -> int:
+    from signing.attach import attach
+
+    expires = parse_expires(args.expires)
+    target = open_target(args.ref, plain_http=args.plain_http)
+    try:
+        signer = make_signer(args)
+        preflight(args, target.facts, signer)
+        predicate = predicate_for(target.facts, expires=expires)
+        payloads = [(PREDICATE_TYPE, make_statement(target.ref.repository, target.digest, predicate))]
+        if args.sbom:
+            payloads += attestation_payloads(args, target, predicate)
+        bundles = [(ptype, signer.sign_statement(payload)) for ptype, payload in payloads]
+        attached = [attach(target.store, target.ref.repository, target.subject, bundle, ptype)
+                    for ptype, bundle in bundles]
+    finally:
+        target.store.close()
+    result = {"ref": str(target.ref), "digest": target.digest, "team": target.facts.team,
+              "bundle": target.facts.bundle, "signer": str(signer.identity), "signature": attached[0].digest,
+              "attestations": [d.digest for d in attached[1:]]}
+    out.result(result, f"signed {target.ref} ({target.digest}) for team {target.facts.team} as {signer.identity}")
+    return 0
+
+
+def attest(args: argparse.Namespace, out: Output) -> int:
+    from signing.attach import attach
+
+    target = open_target(args.ref, plain_http=args.plain_http)
+    try:
+        signer = make_signer(args)
+        preflight(args, target.facts, signer)
+        predicate = predicate_for(target.facts)
+        payloads = attestation_payloads(args, target, predicate)
+        bundles = [(ptype, signer.sign_statement(payload)) for ptype, payload in payloads]
+        attached = [attach(target.store, target.ref.repository, target.subject, bundle, ptype)
+                    for ptype, bundle in bundles]
+    finally:
+        target.store.close()
+    out.result({"ref": str(target.ref), "digest": target.digest, "attestations": [d.digest for d in attached]},
+               f"attached SBOM and provenance to {target.ref}")
+    return 0
+
+
+def attestation_payloads(args: argparse.Namespace, target: Target, predicate: BundlePredicate) -> list[tuple[str, bytes]]:
+    """Statements of the CycloneDX SBOM (from the bundle's lock) and the SLSA provenance."""
+    from bundler.specs import load_organisation
+    from signing.provenance import SLSA_PREDICATE_TYPE, slsa_provenance
+    from signing.sbom import SBOM_PREDICATE_TYPE, cyclonedx, read_lock_pins
+
+    specs = getattr(args, "specs", None) or "specs"
+    org = load_organisation(specs)
+    bundles = org.select(bundle=target.facts.bundle)
+    if not bundles:
+        raise BadInput(f"bundle {target.facts.bundle!r} has no spec under {specs}",
+                       hint="pass --specs with the folder the image was built from")
+    lock_path = bundles[0].lock_path
+    from registry.digest import sha256_digest
+
+    if lock_path.is_file() and sha256_digest(lock_path.read_bytes()) != predicate.lock_digest:
+        raise Refused(f"{lock_path} does not match the image's lock digest {predicate.lock_digest}",
+                      check="lock", hint="check out the commit the image was built from")
+    pins = read_lock_pins(lock_path) if lock_path.is_file() else []
+    bom = cyclonedx(predicate.bundle, predicate.version, target.digest, pins, created=predicate.built_at,
+                    team=predicate.team)
+    repo = target.ref.repository
+    return [(SBOM_PREDICATE_TYPE, make_statement(repo, target.digest, bom, SBOM_PREDICATE_TYPE)),
+            (SLSA_PREDICATE_TYPE, make_statement(repo, target.digest, slsa_provenance(predicate), SLSA_PREDICATE_TYPE))]
+
+
+def keygen(args: argparse.Namespace, out: Output) -> int:
+    from signing.signers.keyfile import generate_keypair
+
+    key, pub, key_id = generate_keypair(args.out)
+    out.result({"private_key": str(key), "public_key": str(pub), "key_id": key_id},
+               f"wrote {key} (mode 0600) and {pub}; key id {key_id}\n"
+               f"add {{ key = \"{pub}\" }} (relative to org.toml) to the team's signers")
+    return 0
+
+
+_GRACE = re.compile(r"^(\d+)([smhd]?)$")
+
+
+def _grace_seconds(value: str | None) -> int | None:
+    if not value:
+        return None
+    m = _GRACE.match(value.strip())
+    if not m:
+        raise BadInput(f"--offline-grace {value!r} is not a duration", hint="write e.g. 3600, 90m, 24h or 7d")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _trusted_root(path: str | None) -> dict | None:
+    if not path:
+        return None
+    from signing.signers.keyless import load_trust_config
+
+    load_trust_config(path)  # validates it
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    root = doc.get("trustedRoot")
+    if not isinstance(root, dict):
+        raise BadInput(f"--trust-config {path}: no trustedRoot object")
+    return root
+
+
+def policy(args: argparse.Namespace, out: Output) -> int:
+    from bundler.specs import load_organisation
+    from signing.policy_export import compile_policy, render
+
+    org = load_organisation(args.specs)
+    compiled = compile_policy(org, trusted_root=_trusted_root(getattr(args, "trust_config", None)),
+                              offline_grace_seconds=_grace_seconds(args.offline_grace))
+    text = render(org, compiled, args.format)
+    if args.out:
+        _write_atomic(Path(args.out), text.encode())
+        out.result({"format": args.format, "out": args.out, "teams": sorted(compiled.teams)},
+                   f"wrote {args.format} policy for {len(compiled.teams)} team(s) to {args.out}")
+    else:
+        out.stdout.write(text)
+    return 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,163 @@
+"""Materialisation: verified image -> read-only bundle tree in a cache keyed by manifest digest.
+
+Guards against:
+- tampered blobs: every layer and the config are read through the store's verifying stream, so a
+  byte that does not match its digest refuses the image (rule 6), and the tree that got that far
+  is thrown away;
+- hostile tar entries and bombs: extraction goes through `signing.safetar`;
+- half-written trees: layers are extracted into `cache/.tmp-<hex>-<pid>-<rand>/`, the filesystem
+  is synced, the tree is made read-only and only then renamed to `cache/<hex>/`. The rename is
+  the commit: a process killed at any earlier point leaves only a `.tmp-*` folder, which no start
+  ever reads (it is deleted by the next materialisation of that digest);
+- duplicate work and races: concurrent starts of one digest on one host take a per-digest file
+  lock; the second one finds the committed tree and does nothing.
+
+An entry holds `manifest.json` (the exact manifest bytes; a start re-hashes them against the
+entry's name) and `tree/` = the image's `opt/airflow/bundles/<bundle>/` (dags/, site-packages/,
+bundle.json). The cache never vouches for a signature: every start re-verifies (signing.verify).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.digest import hex_of, sha256_digest
+from registry.errors import Refused
+from registry.model import MAX_CONFIG_BYTES, Manifest, RawContent, load_json, parse_content
+from registry.store import Store
+from signing.safetar import Budget, LayerExtractor, TarLimits, make_read_only, remove_tree
+
+TREE = "tree"
+MANIFEST = "manifest.json"
+
+
+def bundle_prefix(bundle: str) -> str:
+    return f"opt/airflow/bundles/{bundle}/"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A committed cache entry."""
+
+    root: Path
+    digest: str
+    bundle: str
+
+    @property
+    def tree(self) -> Path:
+        return self.root / TREE
+
+    @property
+    def dags(self) -> Path:
+        return self.tree / "dags"
+
+    @property
+    def site_packages(self) -> Path:
+        return self.tree / "site-packages"
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding `path` once (cheaper than an fsync per extracted file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Cache:
+    """The materialised trees of one host (`<state dir>/cache`)."""
+
+    def __init__(self, root: str | os.PathLike, limits: TarLimits | None = None):
+        self.root = Path(root)
+        self.limits = limits or TarLimits()
+
+    def entry_path(self, digest: str) -> Path:
+        return self.root / hex_of(digest)
+
+    def lookup(self, digest: str, bundle: str) -> tuple[Entry, RawContent] | None:
+        """The committed entry of `digest` with its manifest re-hashed and parsed, or None."""
+        path = self.entry_path(digest)
+        try:
+            raw = (path / MANIFEST).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if sha256_digest(raw) != digest:
+            raise Refused(f"cached manifest in {path} does not hash to {digest}: the cache was tampered with",
+                          check="blob-digest", hint=f"delete {path}; the next start materialises it again")
+        if not (path / TREE).is_dir():
+            return None
+        return Entry(path, digest, bundle), parse_content(raw, what=f"cached manifest {digest}")
+
+    def materialise(self, store: Store, repository: str, content: RawContent, bundle: str) -> tuple[Entry, bool]:
+        """The entry of `content`, extracting it once (under the per-digest lock) if absent;
+        the flag says whether this call extracted it (False: another start already had)."""
+        from filelock import FileLock
+
+        digest = content.digest
+        found = self.lookup(digest, bundle)
+        if found:
+            return found[0], False
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f".{hex_of(digest)}.lock")):
+            found = self.lookup(digest, bundle)
+            if found:
+                return found[0], False
+            for stale in self.root.glob(f".tmp-{hex_of(digest)}-*"):
+                remove_tree(stale)  # a killed process's leftovers; never read
+            tmp = self.root / f".tmp-{hex_of(digest)}-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                self._extract(store, repository, content, bundle, tmp)
+                (tmp / MANIFEST).write_bytes(content.raw)
+                make_read_only(tmp / TREE)
+                _syncfs(tmp)
+                os.rename(tmp, self.entry_path(digest))
+                _fsync_dir(self.root)
+            except BaseException:
+                remove_tree(tmp)
+                raise
+        return Entry(self.entry_path(digest), digest, bundle), True
+
+    def _extract(self, store: Store, repository: str, content: RawContent, bundle: str, tmp: Path) -> None:
+        manifest = content.parsed
+        if not isinstance(manifest, Manifest):
+            raise Refused(f"{content.digest} is an index, not an image manifest", check="manifest-format",
+                          hint="reference the platform's image manifest, not the index")
+        _check_config(store, repository, manifest)
+        extractor = LayerExtractor(tmp / TREE, bundle_prefix(bundle), Budget(self.limits))
+        for i, layer in enumerate(manifest.layers):
+            with store.open_blob(repository, layer) as stream:
+                extractor.extract(stream, layer.media_type, what=f"layer {i} ({layer.digest})")
+        extractor.finish()
+        if not (tmp / TREE / "dags").is_dir():
+            raise Refused(f"image {content.digest} has no opt/airflow/bundles/{bundle}/dags folder",
+                          check="bundle", hint="the image was not built by dagseal build for this bundle")
+
+
+def _check_config(store: Store, repository: str, manifest: Manifest) -> None:
+    """Rule 6 for the config blob: read it through the verifying stream (bounded) and parse it."""
+    desc = manifest.config
+    if desc.size > MAX_CONFIG_BYTES:
+        raise Refused(f"image config is {desc.size} bytes, more than {MAX_CONFIG_BYTES}", check="manifest-format")
+    with store.open_blob(repository, desc) as stream:
+        data = b""
+        while chunk := stream.read(desc.size + 1 - len(data)):
+            data += chunk
+        stream.read()
+    load_json(data, what=f"image config {desc.digest}", limit=MAX_CONFIG_BYTES)

@@ -1,0 +1,331 @@
+"""Safe extraction of hostile OCI layer tarballs into one bundle tree.
+
+A layer is attacker-controlled bytes until proven otherwise. This module extracts only the entries
+below the bundle's prefix (`opt/airflow/bundles/<bundle>/`) and refuses, with
+`Refused(check="tar-entry")`, any entry that could write outside the tree or smuggle privilege:
+
+- absolute names and `..` components (path traversal, "zip slip");
+- symlinks whose target is absolute or resolves outside the tree, and hardlinks to anything
+  outside the tree or not yet extracted (link-based escapes, including chains of links: every
+  write checks the real path of its parent after resolving links);
+- device files, FIFOs and other special types (a tree must hold nothing a process could open as
+  a device);
+- setuid / setgid bits (privilege escalation of whoever runs the bundle's code).
+
+Entries outside the prefix (e.g. a base image's OS files) are not written, but their names are
+still checked, so a traversal anywhere in a layer refuses the image.
+
+Resource limits (`Refused(check="tar-limits")`) stop decompression bombs and inode exhaustion:
+total uncompressed bytes, entry count, and the ratio of uncompressed to compressed bytes (checked
+continuously while streaming, so a bomb is stopped after `ratio_floor` bytes, not at its end).
+Modes are normalised (0644 / 0755 files, 0755 dirs) and owners are never applied.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from registry.errors import Refused
+from registry.model import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
+
+CHUNK = 1 << 20
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class TarLimits:
+    """Bounds for one image (all its layers together)."""
+
+    max_total_bytes: int = 16 << 30
+    max_entries: int = 500_000
+    max_ratio: int = 200
+    ratio_floor: int = 32 << 20  # the ratio is enforced once this many bytes were decompressed
+    max_name_bytes: int = 4096
+
+
+@dataclass
+class Budget:
+    """What the layers of one image consumed so far (shared across layers)."""
+
+    limits: TarLimits = field(default_factory=TarLimits)
+    entries: int = 0
+    bytes_out: int = 0
+
+    def add_entry(self, name: str) -> None:
+        self.entries += 1
+        if self.entries > self.limits.max_entries:
+            raise Refused(f"image has more than {self.limits.max_entries} tar entries (at {name!r})",
+                          check="tar-limits", hint="the bundle is far larger than any DAG bundle; refuse it")
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes_out += n
+        if self.bytes_out > self.limits.max_total_bytes:
+            raise Refused(f"image unpacks to more than {self.limits.max_total_bytes} bytes",
+                          check="tar-limits", hint="the bundle is far larger than any DAG bundle; refuse it")
+
+
+class _Counting:
+    """Counts compressed bytes read from the (digest-verifying) layer stream."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Bounded:
+    """The decompressed stream; refuses once the output outgrows the ratio or the total budget."""
+
+    def __init__(self, inner: BinaryIO, counting: _Counting, budget: Budget, what: str):
+        self.inner = inner
+        self.counting = counting
+        self.budget = budget
+        self.what = what
+        self.out = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n if n and n > 0 else CHUNK)
+        self.out += len(data)
+        self.budget.add_bytes(len(data))
+        limits = self.budget.limits
+        if self.out > limits.ratio_floor and self.out > limits.max_ratio * max(self.counting.count, 1):
+            raise Refused(f"{self.what} decompresses to more than {limits.max_ratio}x its size "
+                          f"({self.out} bytes from {self.counting.count}): a decompression bomb",
+                          check="tar-limits", hint="rebuild the image with dagseal build")
+        return data
+
+
+def _decompressor(media_type: str, counting: _Counting) -> BinaryIO:
+    if media_type in (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP):
+        from isal import igzip
+
+        return igzip.IGzipFile(fileobj=counting, mode="rb")  # type: ignore[return-value]
+    if media_type == OCI_LAYER_ZSTD:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(counting, read_across_frames=True)  # type: ignore[return-value]
+    if media_type == OCI_LAYER_TAR:
+        return counting  # type: ignore[return-value]
+    raise Refused(f"layer media type {media_type!r} is not one dagseal extracts", check="manifest-format",
+                  hint="layers must be OCI tar, tar+gzip or tar+zstd")
+
+
+def _refuse(name: str, why: str, what: str) -> Refused:
+    return Refused(f"{what}: tar entry {name!r} {why}", check="tar-entry",
+                   hint="the layer was not made by dagseal build; do not run it")
+
+
+def clean_name(name: str, what: str, limits: TarLimits) -> str:
+    """The entry's normalised relative name; refuses absolute names, `..` and NUL bytes."""
+    if len(name.encode("utf-8", "surrogateescape")) > limits.max_name_bytes or "\x00" in name:
+        raise _refuse(name[:200], "has an over-long or NUL-containing name", what)
+    if name.startswith("/"):
+        raise _refuse(name, "is an absolute path", what)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _refuse(name, "contains '..' (path traversal)", what)
+    return "/".join(parts)
+
+
+class LayerExtractor:
+    """Applies layers, in order, to `root` (the bundle tree); only names below `prefix` are written."""
+
+    def __init__(self, root: Path, prefix: str, budget: Budget):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.real_root = os.path.realpath(self.root)
+        self.prefix = prefix.strip("/") + "/"
+        self.budget = budget
+        self.symlinks: list[str] = []
+
+    # -- one layer --------------------------------------------------------------------------------
+    def extract(self, stream: BinaryIO, media_type: str, what: str = "layer") -> None:
+        counting = _Counting(stream)
+        bounded = _Bounded(_decompressor(media_type, counting), counting, self.budget, what)
+        try:
+            with tarfile.open(fileobj=bounded, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    self._member(tar, member, what)
+            while counting.read(CHUNK):  # drain to EOF so the verifying reader checks the digest
+                pass
+        except Refused:
+            raise
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # our own I/O failed (disk full, permissions): not the layer's fault
+            raise Refused(f"{what} is not a readable {media_type} tar stream: {type(exc).__name__}: {exc}",
+                          check="tar-entry", hint="the layer is corrupt or not a tar archive") from None
+
+    def finish(self) -> None:
+        """After the last layer: every symlink must still resolve inside the tree."""
+        for rel in self.symlinks:
+            path = self.root / rel
+            if path.is_symlink() and not self._inside(os.path.realpath(path)):
+                raise _refuse(rel, "is a symlink that resolves outside the bundle tree", "image")
+
+    # -- entries ----------------------------------------------------------------------------------
+    def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, what: str) -> None:
+        name = clean_name(m.name, what, self.budget.limits)
+        self.budget.add_entry(name)
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise _refuse(m.name, "is a device, FIFO or other special file", what)
+        if m.mode & (stat.S_ISUID | stat.S_ISGID):
+            raise _refuse(m.name, "has the setuid or setgid bit", what)
+        if m.issym() or m.islnk():
+            self._check_link_target(m, name, what)
+        if not (name + "/").startswith(self.prefix):
+            return  # outside the bundle (base image files): checked, not written
+        rel = name[len(self.prefix):]
+        if not rel:
+            return
+        base = posixpath.basename(rel)
+        if base.startswith(WHITEOUT):
+            self._whiteout(rel, base, what)
+            return
+        dest = self._dest(rel, what)
+        if m.isdir():
+            self._make_dir(dest)
+        elif m.isreg():
+            self._write_file(tar, m, dest)
+        elif m.issym():
+            self._clear(dest)
+            os.symlink(m.linkname, dest)
+            self.symlinks.append(rel)
+        else:
+            self._hardlink(m, dest, what)
+
+    def _check_link_target(self, m: tarfile.TarInfo, name: str, what: str) -> None:
+        target = m.linkname
+        if not target or "\x00" in target or target.startswith("/"):
+            raise _refuse(m.name, f"links to an absolute or empty target {target!r}", what)
+        if m.issym():
+            joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+        else:
+            joined = posixpath.normpath(target)
+        if joined == ".." or joined.startswith("../"):
+            raise _refuse(m.name, f"links to {target!r}, outside the tree", what)
+        inside = (joined + "/").startswith(self.prefix)
+        if (name + "/").startswith(self.prefix) and not inside:
+            raise _refuse(m.name, f"links to {target!r}, outside the bundle tree", what)
+
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root + os.sep)
+
+    def _dest(self, rel: str, what: str) -> Path:
+        """The path to write `rel` at, creating parent folders one by one; never follows a link
+        out of the tree and never creates a folder before checking where it lands."""
+        cur = self.root
+        for part in rel.split("/")[:-1]:
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                os.mkdir(cur, 0o755)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(cur)
+                if self._inside(real) and os.path.isdir(real):
+                    continue
+                raise _refuse(rel, "would be written through a symlink that leaves the tree", what)
+            raise _refuse(rel, f"is below {part!r}, which is not a folder", what)
+        if not self._inside(os.path.realpath(cur)):
+            raise _refuse(rel, "would be written through a symlink that leaves the tree", what)
+        return self.root / rel
+
+    def _clear(self, dest: Path) -> None:
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(dest)
+        else:
+            os.unlink(dest)
+
+    def _make_dir(self, dest: Path) -> None:
+        try:
+            st = os.lstat(dest)
+            if stat.S_ISDIR(st.st_mode):
+                return
+            os.unlink(dest)
+        except FileNotFoundError:
+            pass
+        os.mkdir(dest, 0o755)
+
+    def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> None:
+        self._clear(dest)
+        mode = 0o755 if m.mode & 0o111 else 0o644
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        src = tar.extractfile(m)
+        with os.fdopen(fd, "wb") as out:
+            if src is not None:
+                shutil.copyfileobj(src, out, CHUNK)
+        os.chmod(dest, mode)
+
+    def _hardlink(self, m: tarfile.TarInfo, dest: Path, what: str) -> None:
+        target_rel = posixpath.normpath(m.linkname)[len(self.prefix):]
+        target = self.root / target_rel
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            raise _refuse(m.name, f"is a hardlink to {m.linkname!r}, which is not in the tree", what) from None
+        if not stat.S_ISREG(st.st_mode) or not self._inside(os.path.realpath(target.parent)):
+            raise _refuse(m.name, f"is a hardlink to {m.linkname!r}, which is not a regular file in the tree", what)
+        self._clear(dest)
+        os.link(target, dest, follow_symlinks=False)
+
+    def _whiteout(self, rel: str, base: str, what: str) -> None:
+        parent = posixpath.dirname(rel)
+        folder = self._dest(posixpath.join(parent, "x"), what).parent
+        if base == OPAQUE:
+            for child in list(folder.iterdir()):
+                self._clear(child)
+            return
+        victim = base[len(WHITEOUT):]
+        if victim in ("", ".", ".."):
+            raise _refuse(rel, "is a malformed whiteout", what)
+        self._clear(folder / victim)
+
+
+def make_read_only(root: Path) -> None:
+    """Files lose their write bits, folders become 0555: the cache entry is immutable after commit."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
+        os.chmod(dirpath, 0o555)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete a (possibly read-only) tree, e.g. a half-written temp folder of a killed process."""
+    if not os.path.lexists(root):
+        return
+    for dirpath, _dirs, _files in os.walk(root):
+        try:
+            os.chmod(dirpath, 0o755)
+        except OSError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Signers: key file, AWS KMS and keyless Sigstore, behind `signing.signers.base.Signer`."""
