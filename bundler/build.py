@@ -171,12 +171,19 @@ def locked_packages(requirements: str) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def plan_bundle(org: Organisation, bundle: Bundle, *, plain_http: bool = False) -> Plan:
+def plan_bundle(org: Organisation, bundle: Bundle, opts: BuildOptions, out: Output) -> Plan:
+    """Everything a build needs, checked before anything is written: source, lock, base (with the
+    team's OS packages installed by `bundler.environment` when the spec lists system_packages)."""
     if not bundle.source_dir.is_dir():
         raise BadInput(f"{bundle.path}: bundle.source: folder {bundle.source_dir} does not exist",
                        hint="create it or fix the path in the spec")
     lock = read_lock(org, bundle)
-    base = load_base(org, bundle, plain_http=plain_http)
+    base = load_base(org, bundle, plain_http=opts.plain_http)
+    if bundle.spec.system_packages:
+        from bundler.environment import build_environment
+
+        assert opts.cache_dir is not None
+        base = build_environment(base, list(bundle.spec.system_packages), cache_dir=opts.cache_dir, out=out)
     return Plan(bundle, lock, base, org.org.org.platforms[0], org.org.org.python)
 
 
@@ -425,7 +432,7 @@ def options(args: argparse.Namespace, org: Organisation) -> BuildOptions:
 
 def build(org: Organisation, bundles: list[Bundle], target: Reference, opts: BuildOptions, out: Output) -> list[BuildResult]:
     """Plan every bundle (nothing written if one is wrong), then build and publish each."""
-    plans = [plan_bundle(org, b, plain_http=opts.plain_http) for b in bundles]
+    plans = [plan_bundle(org, b, opts, out) for b in bundles]
     if len(org.org.org.platforms) > 1:
         out.warn(f"the org lists platforms {', '.join(org.org.org.platforms)}; "
                  f"this build makes images for the first only ({org.org.org.platforms[0]})")

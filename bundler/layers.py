@@ -4,7 +4,7 @@ What this guards against: two builds of the same inputs on different machines, i
 folders, with different file mtimes, owners or umask, giving different layer digests. Every entry
 is written from a normalised `Entry` (sorted, parent folders emitted, mtime = the build epoch,
 uid/gid 0, no user/group names, modes 0755/0644), in PAX format; the gzip header carries no name
-and no time, OS byte fixed (isal writes `1f8b 0800 00000000 00ff`). The uncompressed stream is
+and no time, OS byte fixed (`1f8b 0800 00000000 00ff`). The uncompressed stream is
 hashed (diff_id) and the compressed stream hashed (digest) as the bytes go by; nothing is re-read.
 Source trees are treated as hostile: special files are refused and symlinks may only point inside
 the tree they belong to.

@@ -299,6 +299,17 @@ class Problem:
 # ---------------------------------------------------------------- pydantic errors -> problems
 
 
+_PATTERN_FIXES = {
+    "owners": "write a GitHub @user, @org/team or an e-mail address",
+    "name": "use lowercase letters, digits, '_' or '-', starting with a letter or digit",
+    "team": "use 3-50 letters, digits, '_' or '-' (Airflow's team name rule)",
+    "issuer": "write the OIDC issuer's https:// URL",
+    "python": "write major.minor, e.g. \"3.12\"",
+    "queues": "use letters, digits, '_', '.', ':' or '-'",
+    "system_packages": "write a Debian package name, optionally =version",
+}
+
+
 def _location(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -326,7 +337,11 @@ def _problem(path: Path, kind: str, err: dict) -> Problem:
                        "use 3-50 letters, digits, '_' or '-'")
     if typ == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern", "")
-        return Problem(str(path), where, f"{err.get('input')!r} does not match {pattern}", f"fix the value ({schema})")
+        field = next((str(p) for p in reversed(loc) if isinstance(p, str) and p not in _UNION_TAGS), "")
+        return Problem(str(path), where, f"{err.get('input')!r} does not match {pattern}",
+                       _PATTERN_FIXES.get(field, f"fix the value ({schema})"))
+    if typ == "too_short":
+        return Problem(str(path), where, "is empty", f"list at least one entry ({schema})")
     if typ == "value_error":
         text = msg.removeprefix("Value error, ")
         problem, _, fix = text.partition("; ")

@@ -28,7 +28,7 @@ from registry.model import (
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
 )
-from tests.fixtures.build import copy_org, make_org, run_build
+from tests.fixtures.build import copy_org, run_build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,3 +253,20 @@ def test_zstd_layers_are_zstd_and_hash_to_their_diff_ids(org_dir, tmp_path, buil
         assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id
     gz = _build(org_dir, tmp_path / "gz", tmp_path / "cache", build_wheelhouse, "--bundle", "team_b_reports")[1]
     assert gz[0]["digest"] != results[0]["digest"]  # the codec is part of the cache key
+
+
+def test_default_store_is_the_orgs_embedded_layout_beside_the_specs(org_dir, build_wheelhouse, monkeypatch):
+    monkeypatch.chdir(org_dir.parent)
+    code, results, err = run_build(Path("specs"), "--find-links", build_wheelhouse, "--offline", "--team", "team_b")
+    assert code == 0, err
+    assert results == [{"team": "team_b", "bundle": "team_b_reports", "digest": results[0]["digest"],
+                        "ref": "oci:.dagseal/store:team_b/team_b_reports:2026.11.1"}]
+    assert LayoutStore(org_dir.parent / ".dagseal/store").tags("team_b/team_b_reports") == ["2026.11.1"]
+    assert list((org_dir.parent / ".dagseal/cache/layers").glob("*.layer"))
+
+
+def test_human_output_names_each_image(org_dir, tmp_path, build_wheelhouse, dagseal):
+    result = dagseal("build", "--specs", org_dir, "--to", f"oci:{tmp_path / 'store'}", "--cache-dir", tmp_path / "cache",
+                     "--find-links", build_wheelhouse, "--offline", "--bundle", "team_b_reports")
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith(f"oci:{tmp_path / 'store'}:team_b/team_b_reports:2026.11.1@sha256:")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 
 import pytest
 
+from tests.fixtures.build import MODEL_BYTES
 from tests.fixtures.tools import require_tool
 
 
@@ -42,6 +44,8 @@ def test_umoci_unpacks_every_image_with_dags_and_site_packages(built_org, tmp_pa
         assert (tree / "site-packages" / "dagseal_helper.py").is_file()
         assert json.loads((tree / "bundle.json").read_text())["bundle"] == r["bundle"]
         assert (tree / "dags" / "run.sh").stat().st_mode & 0o111
+        model = tree / "dags" / "data" / "model.bin"
+        assert model.read_bytes() == random.Random(r["bundle"]).randbytes(MODEL_BYTES)  # a multi-block layer
     team_a = tmp_path / "team_a_analytics" / "rootfs" / "opt/airflow/bundles/team_a_analytics"
     assert (team_a / "site-packages" / "dagseal_testdep" / "__init__.py").read_text().startswith("VALUE = 42")
 

@@ -37,31 +37,33 @@ def store_tags(store: Path) -> list[str]:
     return LayoutStore(store, create=False).tags("team_db/warehouse")
 
 
-def build(specs: Path, root: Path, wheelhouse: Path) -> tuple[int, list[dict], str]:
+def build(specs: Path, root: Path, wheelhouse: Path, cache: Path | None = None) -> tuple[int, list[dict], str]:
     """(exit code, the built images' JSON lines, stderr plus any JSON error lines as text)."""
-    code, lines, err = run_build(specs, "--to", f"oci:{root / 'store'}", "--cache-dir", root / "cache",
+    code, lines, err = run_build(specs, "--to", f"oci:{root / 'store'}", "--cache-dir", cache or root / "cache",
                                  "--find-links", wheelhouse, "--offline")
     errors = [line for line in lines if "error" in line]
     return code, [line for line in lines if "digest" in line], err + "".join(json.dumps(e) for e in errors)
 
 
 @pytest.fixture(scope="module")
-def built_env(debian_base, build_wheelhouse, tmp_path_factory):
-    """warehouse (libpq5 + one wheel) built once through `dagseal build` with an empty cache."""
-    require_tool("buildah")
+def built_env(debian_base, libpq_environment, build_wheelhouse, tmp_path_factory):
+    """warehouse (libpq5 + one wheel) built once through `dagseal build`, sharing the build cache
+    (`--cache-dir`) in which the session's libpq5 environment already is."""
     root = tmp_path_factory.mktemp("envbuild")
     specs = make_env_org(root, base=debian_base.ref, packages=["libpq5"], dependencies=["dagseal_helper"],
                          wheelhouse=build_wheelhouse)
-    code, results, err = build(specs, root, build_wheelhouse)
+    code, results, err = build(specs, root, build_wheelhouse, cache=libpq_environment.cache)
     assert code == 0, err
-    return root, specs, results[0]
+    return root, specs, results[0], libpq_environment
 
 
 def test_build_puts_libpq_under_the_bundle_layers(built_env, tmp_path):
-    root, _, result = built_env
+    root, _, result, environment = built_env
     assert result["team"] == "team_db" and result["bundle"] == "warehouse"
     assert result["ref"].endswith("team_db/warehouse:2026.11.1")
-    assert buildah_runs(root / "cache") == 1
+    assert buildah_runs(environment.cache) == 1  # the session's environment, reused
+    manifest = LayoutStore(root / "store", create=False).get_manifest("team_db/warehouse", result["digest"]).parsed
+    assert manifest.layers[:2] == environment.env.layers
     skopeo, umoci = require_tool("skopeo"), require_tool("umoci")
     layout = f"{root / 'store'}:team_db/warehouse:2026.11.1"
     inspect = subprocess.run([skopeo, "inspect", f"oci:{layout}"], capture_output=True, text=True, check=True)
@@ -79,16 +81,16 @@ def test_build_puts_libpq_under_the_bundle_layers(built_env, tmp_path):
 
 
 def test_rebuild_is_identical_and_a_dag_change_does_not_run_buildah(built_env, build_wheelhouse):
-    root, specs, first = built_env
-    code, again, err = build(specs, root, build_wheelhouse)
+    root, specs, first, environment = built_env
+    code, again, err = build(specs, root, build_wheelhouse, cache=environment.cache)
     assert code == 0, err
     assert again[0]["digest"] == first["digest"]
     dag = specs / "teams" / "team_db" / "warehouse" / "dags" / "warehouse_dag.py"
     dag.write_text(dag.read_text() + "# changed\n")
-    code, changed, err = build(specs, root, build_wheelhouse)
+    code, changed, err = build(specs, root, build_wheelhouse, cache=environment.cache)
     assert code == 0, err
     assert changed[0]["digest"] != first["digest"]
-    assert buildah_runs(root / "cache") == 1  # the environment came from the cache both times
+    assert buildah_runs(environment.cache) == 1  # the environment came from the cache both times
     store = LayoutStore(root / "store", create=False)
     old = store.get_manifest("team_db/warehouse", first["digest"]).parsed
     new = store.get_manifest("team_db/warehouse", changed[0]["digest"]).parsed
@@ -98,7 +100,7 @@ def test_rebuild_is_identical_and_a_dag_change_does_not_run_buildah(built_env, b
 def test_fresh_cache_rebuild_gives_the_same_digest(built_env, debian_base, build_wheelhouse, tmp_path):
     """A second machine (empty cache, buildah runs again) gets the same image: --timestamp plus
     removing apt's and dpkg's logs makes buildah's layer reproducible while the mirror is unchanged."""
-    _, _, first = built_env
+    _, _, first, _ = built_env
     specs = make_env_org(tmp_path, base=debian_base.ref, packages=["libpq5"], dependencies=["dagseal_helper"],
                          wheelhouse=build_wheelhouse)
     code, results, err = build(specs, tmp_path, build_wheelhouse)
@@ -117,11 +119,13 @@ def assert_refused(code: int, err: str, root: Path, *needles: str) -> None:
 
 
 def test_unknown_package_exits_2_and_builds_nothing(debian_base, build_wheelhouse, tmp_path):
-    specs = make_env_org(tmp_path, base=debian_base.ref, packages=["dagseal-no-such-package"],
+    specs = make_env_org(tmp_path, base=debian_base.ref, packages=["libpq5", "dagseal-no-such-package"],
                          wheelhouse=build_wheelhouse)
     code, results, err = build(specs, tmp_path, build_wheelhouse)
     assert results == []
-    assert_refused(code, err, tmp_path, "bundle.system_packages", "dagseal-no-such-package", "fix")
+    assert_refused(code, err, tmp_path, "bundle.system_packages", "dagseal-no-such-package", "fix the name")
+    assert "libpq5" not in err
+    assert buildah_runs(tmp_path / "cache") == 1  # apt ran and said no; nothing was committed
 
 
 def test_base_without_apt_exits_2_and_builds_nothing(no_apt_base, build_wheelhouse, tmp_path):

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bundler.lock import INPUTS_PREFIX, inputs_digest, lock_bundle, read_lock
+from bundler.lock import INPUTS_PREFIX, PYTHON_PLATFORMS, inputs_digest, lock_bundle, read_lock, uv_bin
 from registry.errors import BadInput
-from tests.fixtures.wheelhouse import default_bundles
+from tests.fixtures.wheelhouse import build_wheel, default_bundles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -212,8 +214,6 @@ def test_a_dependency_string_never_becomes_a_uv_option(test_org):
 
 
 def test_pins_that_differ_between_platforms_get_markers(test_org, tmp_path):
-    from tests.fixtures.wheelhouse import build_wheel
-
     house = tmp_path / "house"
     house.mkdir()
     build_wheel(house, "tinyplat", "1.0.0", [], "X = 1\n", platform_tag="manylinux_2_28_x86_64")
@@ -230,3 +230,10 @@ def test_pins_that_differ_between_platforms_get_markers(test_org, tmp_path):
     assert "tinyplat==0.9.0 ; platform_machine == 'aarch64' \\\n" in text
     assert "tinyplat==1.0.0 ; platform_machine == 'x86_64' \\\n" in text
     assert read_lock(org, bundle) == lock
+    for platform, version in (("linux/amd64", "1.0.0"), ("linux/arm64", "0.9.0")):
+        target = tmp_path / platform.replace("/", "-")
+        subprocess.run([uv_bin(), "pip", "install", "--quiet", "--no-config", "--python", sys.executable,
+                        "--target", str(target), "--python-version", "3.12", "--python-platform", PYTHON_PLATFORMS[platform],
+                        "--require-hashes", "--only-binary", ":all:", "--no-index", "--find-links", str(house),
+                        "--offline", "-r", str(lock.path)], check=True, capture_output=True)
+        assert (target / f"tinyplat-{version}.dist-info").is_dir()
