@@ -297,14 +297,25 @@ def _apt_error(output: str, base: BaseImage) -> DagsealError:
 
 
 # -- the build -------------------------------------------------------------------------------------
-def build_environment(base: BaseImage, packages: list[str], *, cache_dir: Path, out: Output) -> BaseImage:
+def build_environment(base: BaseImage, packages: list[str], *, cache_dir: Path, out: Output,
+                      spec: Path | None = None) -> BaseImage:
     """`base` plus one layer with `packages` installed by apt-get in a buildah container.
 
     Raises BadInput (exit 2) for a spec problem: a base without a package manager (scratch, or no
-    apt-get/sh in its filesystem) or a package apt cannot find; ToolError for buildah failures."""
+    apt-get/sh in its filesystem) or a package apt cannot find; ToolError for buildah failures.
+    `spec` (the bundle's .toml) is named in those messages."""
     packages = normalise_packages(packages)
     if not packages:
         return base
+    try:
+        return _environment(base, packages, Path(cache_dir), out)
+    except BadInput as exc:
+        if spec is None:
+            raise
+        raise BadInput(f"{spec}: {exc.message}", hint=exc.hint, details=exc.details) from None
+
+
+def _environment(base: BaseImage, packages: list[str], cache_dir: Path, out: Output) -> BaseImage:
     if base.store is None or base.digest is None:
         raise BadInput(f"bundle.base: {base.name!r} has no package manager, so bundle.system_packages "
                        f"({', '.join(packages)}) cannot be installed",

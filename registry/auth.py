@@ -147,7 +147,6 @@ def ecr_credentials(host: str) -> Credentials:
         raise BadInput(f"{host} is not an ECR registry host")
     try:
         import boto3
-        import botocore.exceptions
 
         client = boto3.client("ecr", region_name=match["region"])
         answer = client.get_authorization_token(registryIds=[match["account"]])

@@ -29,8 +29,9 @@ from urllib.parse import urljoin
 
 from registry.auth import Credentials, lookup_credentials
 from registry.digest import VerifyingReader, is_digest, parse_digest
-from registry.errors import NotFound, Refused, StorageError
+from registry.errors import Refused, StorageError
 from registry.http import RetryPolicy, Transport, registry_error_text
+from registry.streams import ErrorMappingReader
 from registry.model import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -137,7 +138,8 @@ class RemoteStore(Store):
             resp.close()
             raise self.http.not_found(resp, f"blob {desc.digest} of {self.host}/{repository}")
         try:
-            with VerifyingReader(resp.raw, desc.digest, desc.size) as reader:
+            raw = ErrorMappingReader(resp.raw, f"reading blob {desc.digest} from {self.host}/{repository}")
+            with VerifyingReader(raw, desc.digest, desc.size) as reader:
                 yield reader  # type: ignore[misc]
         finally:
             resp.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterator
@@ -42,6 +41,7 @@ from registry.model import (
     parse_content,
 )
 from registry.ref import Reference
+from registry.streams import ErrorMappingReader
 from registry.store import Store, iter_children
 
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
@@ -130,7 +130,8 @@ class S3Store(Store):
     @contextlib.contextmanager
     def open_blob(self, repository: str, desc: Descriptor) -> Iterator[BinaryIO]:
         answer = self._call(f"reading blob {desc.digest}", self.client.get_object, Key=self.blob_key(desc.digest))
-        with VerifyingReader(answer["Body"], desc.digest, desc.size) as reader:
+        body = ErrorMappingReader(answer["Body"], f"reading blob {desc.digest} from {self.where}")
+        with VerifyingReader(body, desc.digest, desc.size) as reader:
             yield reader  # type: ignore[misc]
 
     def put_blob(self, repository: str, desc: Descriptor, stream: BinaryIO) -> None:

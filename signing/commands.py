@@ -12,7 +12,6 @@ import argparse
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bundler.output import Output
@@ -227,6 +226,9 @@ def policy(args: argparse.Namespace, out: Output) -> int:
         _write_atomic(Path(args.out), text.encode())
         out.result({"format": args.format, "out": args.out, "teams": sorted(compiled.teams)},
                    f"wrote {args.format} policy for {len(compiled.teams)} team(s) to {args.out}")
+    elif out.json_mode:  # one JSON object on one line, like every other command's --json
+        doc = compiled.model_dump(mode="json") if args.format == "json" else {"format": args.format, "content": text}
+        out.result(doc)
     else:
         out.stdout.write(text)
     return 0

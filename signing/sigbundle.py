@@ -12,7 +12,6 @@ lazy so the start-time gate pays for them only when it verifies.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence

@@ -9,10 +9,10 @@ predicate type being taken for ours (e.g. an SBOM attestation presented as the b
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
-from typing_extensions import Annotated
+
 
 from registry.digest import hex_of, is_digest
 from registry.errors import Refused

@@ -270,3 +270,18 @@ def test_human_output_names_each_image(org_dir, tmp_path, build_wheelhouse, dags
                      "--find-links", build_wheelhouse, "--offline", "--bundle", "team_b_reports")
     assert result.code == 0, result.stderr
     assert result.stdout.startswith(f"oci:{tmp_path / 'store'}:team_b/team_b_reports:2026.11.1@sha256:")
+
+
+def test_bundle_without_dependencies_gets_an_empty_site_packages_layer(org_dir, tmp_path, build_wheelhouse):
+    from bundler.specs import load_organisation
+    from bundler.lock import lock_bundle
+
+    spec = org_dir / "teams/team_b/team_b_reports.toml"
+    spec.write_text(spec.read_text().replace('dependencies = ["dagseal_helper"]', "dependencies = []"))
+    org = load_organisation(org_dir)
+    lock_bundle(org, org.select(bundle="team_b_reports")[0])
+    code, results, err = _build(org_dir, tmp_path / "store", tmp_path / "cache", build_wheelhouse, "--bundle", "team_b_reports")
+    assert code == 0, err
+    deps = _manifest(tmp_path / "store", results[0]["digest"])["layers"][0]
+    names = [m.name for m in _layer_members(tmp_path / "store", deps)]
+    assert names[-1] == "opt/airflow/bundles/team_b_reports/site-packages" and all(m.isdir() for m in _layer_members(tmp_path / "store", deps))

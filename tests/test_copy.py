@@ -9,7 +9,6 @@ import pytest
 
 from registry.layout import LayoutStore
 from registry.remote import RemoteStore
-from registry.s3 import S3Store
 from tests.fixtures.registry import add_referrer, make_image
 from tests.fixtures.tools import require_tool
 
@@ -136,3 +135,38 @@ def test_we_read_what_skopeo_pushes(registry_server, dagseal, tmp_path):
     umoci = subprocess.run([require_tool("umoci"), "stat", "--image", f"{tmp_path / 'ours'}:team_a/sk-write:2.0"],
                            capture_output=True, text=True)
     assert umoci.returncode == 0, umoci.stderr
+
+
+def test_tampered_source_blob_is_refused_exit_3_and_nothing_is_tagged(registry_server, dagseal, tmp_path):
+    src, image = _signed_image(tmp_path, repo="team_a/cp-tampered")
+    layer = image.parsed.layers[0]
+    path = tmp_path / "src" / "blobs" / "sha256" / layer.digest.split(":")[1]
+    path.chmod(0o644)
+    path.write_bytes(b"X" + path.read_bytes()[1:])
+    result = dagseal("push", src, registry_server.ref("team_a/cp-tampered:1.0"), "--json")
+    assert result.code == 3
+    assert result.json_lines[0]["check"] == "blob-digest" and layer.digest in result.json_lines[0]["message"]
+    with RemoteStore(registry_server.host, plain_http=True) as remote:
+        assert remote.tags("team_a/cp-tampered") == []
+        assert not remote.has_blob("team_a/cp-tampered", layer)
+
+
+def test_oras_py_reads_what_we_push_and_we_read_what_it_pushes(registry_server, dagseal, tmp_path, monkeypatch):
+    import oras.client
+
+    src, image = _signed_image(tmp_path, repo="team_a/oras")
+    _ok(dagseal("push", src, registry_server.ref("team_a/oras:1.0"), "--json"))
+    client = oras.client.OrasClient(hostname=registry_server.host, insecure=True)
+    assert "1.0" in client.get_tags(registry_server.ref("team_a/oras"))
+    assert client.get_manifest(registry_server.ref("team_a/oras:1.0")) == json.loads(image.raw)
+    artifact = tmp_path / "notes.txt"
+    artifact.write_text("pushed by oras-py\n")
+    monkeypatch.chdir(tmp_path)  # oras-py names layers by their path relative to the working folder
+    client.push(files=[artifact.name], target=registry_server.ref("team_a/oras-artifact:1"), disable_path_validation=True)
+    pushed = client.get_manifest(registry_server.ref("team_a/oras-artifact:1"))
+    line = _ok(dagseal("copy", registry_server.ref("team_a/oras-artifact:1"), f"oci:{tmp_path / 'from-oras'}:a/b:1", "--json"))
+    store = LayoutStore(tmp_path / "from-oras")
+    assert json.loads(store.get_manifest("a/b", line["digest"]).raw) == pushed
+    layer = store.get("a/b", "1").parsed.layers[0]
+    with store.open_blob("a/b", layer) as stream:
+        assert stream.read(1000) == b"pushed by oras-py\n"

@@ -54,6 +54,21 @@ def test_export_writes_the_file_atomically(dagseal, signing_org, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["policy.json"]
 
 
+def test_json_mode_prints_one_line(dagseal, signing_org):
+    res = dagseal("policy", "export", "--specs", signing_org.specs, "--json")
+    assert res.code == 0 and len(res.stdout.splitlines()) == 1 and res.json_lines[0]["version"] == 1
+    res = dagseal("policy", "export", "--specs", signing_org.specs, "--format", "kyverno", "--json")
+    assert res.json_lines[0]["format"] == "kyverno" and "ClusterPolicy" in res.json_lines[0]["content"]
+
+
+def test_bad_offline_grace_and_trust_config_are_bad_input(dagseal, signing_org, tmp_path):
+    res = dagseal("policy", "export", "--specs", signing_org.specs, "--offline-grace", "soon")
+    assert res.code == 2 and "--offline-grace" in res.stderr
+    (tmp_path / "tc.json").write_text('{"mediaType": "nope"}')
+    res = dagseal("policy", "export", "--specs", signing_org.specs, "--trust-config", tmp_path / "tc.json")
+    assert res.code == 2 and "tc.json" in res.stderr
+
+
 @pytest.mark.parametrize("mutate,needle", [
     (lambda d: d.update(version=2), "version"),
     (lambda d: d.update(extra=1), "extra"),
@@ -119,9 +134,9 @@ def test_kyverno_policy_validates_and_names_exactly_the_teams_signers(dagseal, s
     jsonschema.validate(doc, crd_schema(SCHEMAS / "kyverno" / "kyverno.io_clusterpolicies.yaml", "v1"))
     assert doc["kind"] == "ClusterPolicy" and doc["apiVersion"] == "kyverno.io/v1"
     rules = {r["name"]: r for r in doc["spec"]["rules"]}
-    assert set(rules) == {"dagseal-team_a", "dagseal-team_b"}
+    assert set(rules) == {"dagseal-team-a", "dagseal-team-b"}
     for team, identity, key in (("team_a", TEAM_A_IDENTITY, "team_a"), ("team_b", TEAM_B_IDENTITY, "team_b")):
-        (vi,) = rules[f"dagseal-{team}"]["verifyImages"]
+        (vi,) = rules[f"dagseal-{team.replace('_', '-')}"]["verifyImages"]
         assert vi["imageReferences"] == [f"registry.acme.io/airflow/{team}/*"]
         (att,) = vi["attestations"]
         assert att["type"] == PREDICATE_TYPE

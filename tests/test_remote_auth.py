@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from registry.auth import Credentials, ecr_credentials, lookup_credentials, parse_challenge
-from registry.errors import BadInput, StorageError
+from registry.errors import BadInput
 from registry.layout import LayoutStore
 from tests.fixtures.registry import add_referrer, make_image
 

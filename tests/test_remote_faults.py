@@ -117,3 +117,38 @@ def test_registry_killed_mid_push_then_restarted(registry_factory, tmp_path):
         assert again.digest == image.digest and again.blobs_skipped >= 1
         pulled = copy_image(remote, "team_a/killed", "1", LayoutStore(tmp_path / "back"), "team_a/killed", "1")
         assert pulled.blobs_copied == 4  # config and three layers, each verified against its digest
+
+
+def test_429_with_retry_after_is_retried(registry_server, fault_proxy, tmp_path):
+    proxy = fault_proxy(registry_server.host, _first(3, "429", "PUT", "/manifests/"))
+    src = LayoutStore(tmp_path / "src")
+    image = make_image(src, "team_a/throttled", "1", [os.urandom(100)])
+    with RemoteStore(proxy.host, plain_http=True, retry=RetryPolicy(tries=5, base=5.0, cap=5.0)) as remote:
+        copy_image(src, "team_a/throttled", "1", remote, "team_a/throttled", "1")  # Retry-After: 0, not 5 s backoff
+        assert remote.resolve("team_a/throttled", "1").digest == image.digest
+    assert [a for _, _, a in proxy.seen].count("429") == 3
+
+
+def test_a_download_cut_half_way_is_fetched_again(registry_server, fault_proxy, tmp_path):
+    src = LayoutStore(tmp_path / "src")
+    image = make_image(src, "team_a/cut-pull", "1", [os.urandom(500_000)])
+    with RemoteStore(registry_server.host, plain_http=True, retry=FAST) as direct:
+        copy_image(src, "team_a/cut-pull", "1", direct, "team_a/cut-pull", "1")
+    proxy = fault_proxy(registry_server.host, _first(1, "cut-response", "GET", "/blobs/sha256:"))
+    with RemoteStore(proxy.host, plain_http=True, retry=FAST) as remote:
+        back = LayoutStore(tmp_path / "back")
+        copy_image(remote, "team_a/cut-pull", "1", back, "team_a/cut-pull", "1", jobs=1)
+    assert back.get("team_a/cut-pull", "1").raw == image.raw
+    assert list((tmp_path / "back" / ".tmp").glob("tmp*")) == []  # the cut attempt left nothing behind
+    assert ("GET", "cut-response") in [(m, a) for m, _, a in proxy.seen]
+
+
+def test_a_download_cut_every_time_exits_4(registry_server, fault_proxy, dagseal, tmp_path):
+    src = LayoutStore(tmp_path / "src")
+    make_image(src, "team_a/cut-always", "1", [os.urandom(300_000)])
+    with RemoteStore(registry_server.host, plain_http=True, retry=FAST) as direct:
+        copy_image(src, "team_a/cut-always", "1", direct, "team_a/cut-always", "1")
+    proxy = fault_proxy(registry_server.host, _first(1000, "cut-response", "GET", "/blobs/sha256:"))
+    result = dagseal("copy", f"{proxy.host}/team_a/cut-always:1", f"oci:{tmp_path / 'back'}:team_a/x:1", "--json")
+    assert result.code == 4 and "failed mid-stream" in result.json_lines[0]["message"]
+    assert LayoutStore(tmp_path / "back").tags("team_a/x") == []

@@ -8,7 +8,7 @@ import pytest
 
 from registry.copy import copy_image
 from registry.digest import sha256_digest
-from registry.errors import NotFound, Refused, StorageError
+from registry.errors import Refused, StorageError
 from registry.layout import LayoutStore
 from registry.model import OCI_LAYER_TAR, Descriptor, Manifest, encode
 from registry.s3 import PART_SIZE, S3Store

@@ -186,3 +186,12 @@ def test_certificate_for_another_identity_is_never_attached(dagseal, signing_org
     assert res.code == 3 and res.json_lines[0]["check"] == "signer" and TEAM_B_IDENTITY in res.json_lines[0]["message"]
     r = parse_reference(ref)
     assert find_bundles(LayoutStore(r.location), r.repository, digest) == []
+
+
+def test_without_a_private_root_the_bundled_public_good_root_is_used_offline(keyless_signed):
+    """A policy with trusted_root null verifies against sigstore's bundled public-good root (no
+    network): a bundle of the private instance does not chain to it."""
+    _, _, bundle_json = keyless_signed
+    with pytest.raises(Refused) as exc:
+        verify_keyless_bundle(bundle_json, TEAM_A, None)
+    assert exc.value.check == "signature" and "chain" in exc.value.message

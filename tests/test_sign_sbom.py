@@ -82,3 +82,17 @@ def test_lock_parsing_merges_platform_duplicates():
             "numpy==2.0.0 ; platform_machine == 'aarch64' \\\n    --hash=sha256:" + "b" * 64 + "\n")
     (pin,) = parse_lock(text)
     assert pin.hashes == ["a" * 64, "b" * 64] and len(pin.markers) == 2
+
+
+def test_sbom_validates_against_the_cyclonedx_1_5_schema(dagseal, signing_org, org_image):
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    ref, digest = org_image
+    assert dagseal("attest", ref, "--key", signing_org.key("team_a"), "--specs", signing_org.specs).code == 0
+    (_, bundle_json), = attached(ref, digest, SBOM_PREDICATE_TYPE)
+    bom = parse_statement(verify_key_bundle(bundle_json, [key_entry(signing_org.pub("team_a"))])[1]).predicate
+    error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom))
+    assert error is None, error
+    bom["components"][0]["hashes"][0]["alg"] = "SHA-999"  # the validator is not a no-op
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom)) is not None
