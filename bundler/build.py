@@ -183,7 +183,8 @@ def plan_bundle(org: Organisation, bundle: Bundle, opts: BuildOptions, out: Outp
         from bundler.environment import build_environment
 
         assert opts.cache_dir is not None
-        base = build_environment(base, list(bundle.spec.system_packages), cache_dir=opts.cache_dir, out=out)
+        base = build_environment(base, list(bundle.spec.system_packages), cache_dir=opts.cache_dir, out=out,
+                                 spec=bundle.path)
     return Plan(bundle, lock, base, org.org.org.platforms[0], org.org.org.python)
 
 

@@ -39,6 +39,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,7 +48,6 @@ from bundler.output import Output
 from registry.digest import CHUNK
 from registry.errors import BadInput, DagsealError, ToolError
 from registry.layout import LayoutStore
-from registry.store import Store
 from registry.model import (
     MAX_CONFIG_BYTES,
     OCI_CONFIG,
@@ -60,6 +60,7 @@ from registry.model import (
     encode,
     load_json,
 )
+from registry.store import Store
 
 BACKEND_VERSION = "dagseal-environment/1 buildah+apt"
 ENV_TAG = "env"
@@ -220,7 +221,7 @@ class Buildah:
                 "--storage-driver", "vfs", *args]
         start = time.monotonic()
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=self.root,
+            proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=self.root,
                                   env={**os.environ, "BUILDAH_ISOLATION": "chroot"})
         except subprocess.TimeoutExpired:
             self._record(args, None, time.monotonic() - start)
@@ -307,20 +308,20 @@ def build_environment(base: BaseImage, packages: list[str], *, cache_dir: Path, 
     packages = normalise_packages(packages)
     if not packages:
         return base
+    timestamp = _timestamp()
     try:
-        return _environment(base, packages, Path(cache_dir), out)
+        return _environment(base, packages, timestamp, Path(cache_dir), out)
     except BadInput as exc:
         if spec is None:
             raise
         raise BadInput(f"{spec}: {exc.message}", hint=exc.hint, details=exc.details) from None
 
 
-def _environment(base: BaseImage, packages: list[str], cache_dir: Path, out: Output) -> BaseImage:
+def _environment(base: BaseImage, packages: list[str], timestamp: int, cache_dir: Path, out: Output) -> BaseImage:
     if base.store is None or base.digest is None:
         raise BadInput(f"bundle.base: {base.name!r} has no package manager, so bundle.system_packages "
                        f"({', '.join(packages)}) cannot be installed",
                        hint="use a Debian-based base from org.allowed_bases, or remove system_packages")
-    timestamp = _timestamp()
     key = environment_key(base.digest, packages, timestamp)
     envs = Path(cache_dir) / "environments"
     envs.mkdir(parents=True, exist_ok=True)
@@ -410,10 +411,10 @@ def _assemble(base: BaseImage, packages: list[str], timestamp: int, committed: L
 
 def environment_config(base: BaseImage, built: dict, env_diff: str, packages: list[str], timestamp: int) -> dict:
     """The base's config with the new layer's diff_id, buildah's extra Env entries, a label and history."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     config = copy.deepcopy(base.config) or {"architecture": "amd64", "os": "linux"}
-    created = datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     section = config.setdefault("config", {}) or {}
     config["config"] = section
     env = list(section.get("Env") or [])

@@ -28,9 +28,10 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from registry.errors import Refused
 from registry.model import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
@@ -147,6 +148,76 @@ def clean_name(name: str, what: str, limits: TarLimits) -> str:
     return "/".join(parts)
 
 
+class _Writer:
+    """Writes small files on a few threads: creating thousands of files is bound by the latency of
+    open() on a busy filesystem, not by bytes. Memory stays bounded (at most `max_inflight` bytes
+    queued); a path with a pending write is settled before anything else touches it."""
+
+    def __init__(self, workers: int = 8, max_inflight: int = 64 << 20):
+        self.workers = workers
+        self.max_inflight = max_inflight
+        self.pending: dict[str, object] = {}
+        self._pool = None
+        self._cond = threading.Condition()
+        self._inflight = 0
+
+    def submit(self, dest: Path, data: bytes, mode: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.settle(dest)
+        with self._cond:
+            while self._inflight and self._inflight + len(data) > self.max_inflight:
+                self._cond.wait()
+            self._inflight += len(data)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dagseal-extract")
+        self.pending[str(dest)] = self._pool.submit(self._write, dest, data, mode)
+        if len(self.pending) >= 4096:
+            self.drain()
+
+    def _write(self, dest: Path, data: bytes, mode: int) -> None:
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        finally:
+            with self._cond:
+                self._inflight -= len(data)
+                self._cond.notify_all()
+
+    def settle(self, path: Path) -> None:
+        if str(path) in self.pending:
+            self.drain()
+
+    def drain(self) -> None:
+        """Wait for every queued write; the first failure is raised."""
+        pending, self.pending = self.pending, {}
+        error: BaseException | None = None
+        for fut in pending.values():
+            try:
+                fut.result()  # type: ignore[attr-defined]
+            except BaseException as exc:  # noqa: BLE001 (re-raised below)
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+INLINE_MAX = 8 << 20  # files up to this size go through the writer threads; larger ones stream inline
+
+
 class LayerExtractor:
     """Applies layers, in order, to `root` (the bundle tree); only names below `prefix` are written."""
 
@@ -157,6 +228,7 @@ class LayerExtractor:
         self.prefix = prefix.strip("/") + "/"
         self.budget = budget
         self.symlinks: list[str] = []
+        self.writer = _Writer()
 
     # -- one layer --------------------------------------------------------------------------------
     def extract(self, stream: BinaryIO, media_type: str, what: str = "layer") -> None:
@@ -168,16 +240,32 @@ class LayerExtractor:
                     self._member(tar, member, what)
             while counting.read(CHUNK):  # drain to EOF so the verifying reader checks the digest
                 pass
-        except Refused:
-            raise
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise  # our own I/O failed (disk full, permissions): not the layer's fault
-            raise Refused(f"{what} is not a readable {media_type} tar stream: {type(exc).__name__}: {exc}",
-                          check="tar-entry", hint="the layer is corrupt or not a tar archive") from None
+            self.writer.drain()
+        except BaseException as exc:
+            try:
+                self.writer.close()  # no thread may write into the tree once we give up on it
+            except BaseException:  # noqa: BLE001 (the first error is the one to report)
+                pass
+            self._translate(exc, what, media_type)
+
+    @staticmethod
+    def _translate(exc: BaseException, what: str, media_type: str) -> NoReturn:
+        """Refused and our own I/O errors (disk full: errno set) pass through; anything the
+        decompressor or tarfile raised about the bytes becomes a refusal of the layer."""
+        if isinstance(exc, Refused) or not isinstance(exc, Exception):
+            raise exc
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise exc
+        raise Refused(f"{what} is not a readable {media_type} tar stream: {type(exc).__name__}: {exc}",
+                      check="tar-entry", hint="the layer is corrupt or not a tar archive") from None
+
+    def close(self) -> None:
+        """Stop the writer threads (after waiting for their writes)."""
+        self.writer.close()
 
     def finish(self) -> None:
         """After the last layer: every symlink must still resolve inside the tree."""
+        self.writer.close()
         for rel in self.symlinks:
             path = self.root / rel
             if path.is_symlink() and not self._inside(os.path.realpath(path)):
@@ -203,6 +291,7 @@ class LayerExtractor:
             self._whiteout(rel, base, what)
             return
         dest = self._dest(rel, what)
+        self.writer.settle(dest)
         if m.isdir():
             self._make_dir(dest)
         elif m.isreg():
@@ -237,6 +326,7 @@ class LayerExtractor:
         cur = self.root
         for part in rel.split("/")[:-1]:
             cur = cur / part
+            self.writer.settle(cur)
             try:
                 st = os.lstat(cur)
             except FileNotFoundError:
@@ -277,16 +367,20 @@ class LayerExtractor:
     def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> None:
         self._clear(dest)
         mode = 0o755 if m.mode & 0o111 else 0o644
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         src = tar.extractfile(m)
+        if m.size <= INLINE_MAX:
+            self.writer.submit(dest, src.read() if src is not None else b"", mode)
+            return
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "wb") as out:
             if src is not None:
                 shutil.copyfileobj(src, out, CHUNK)
-        os.chmod(dest, mode)
+            os.fchmod(out.fileno(), mode)
 
     def _hardlink(self, m: tarfile.TarInfo, dest: Path, what: str) -> None:
         target_rel = posixpath.normpath(m.linkname)[len(self.prefix):]
         target = self.root / target_rel
+        self.writer.settle(target)
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -297,6 +391,7 @@ class LayerExtractor:
         os.link(target, dest, follow_symlinks=False)
 
     def _whiteout(self, rel: str, base: str, what: str) -> None:
+        self.writer.drain()
         parent = posixpath.dirname(rel)
         folder = self._dest(posixpath.join(parent, "x"), what).parent
         if base == OPAQUE:

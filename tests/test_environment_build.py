@@ -123,7 +123,8 @@ def test_unknown_package_exits_2_and_builds_nothing(debian_base, build_wheelhous
                          wheelhouse=build_wheelhouse)
     code, results, err = build(specs, tmp_path, build_wheelhouse)
     assert results == []
-    assert_refused(code, err, tmp_path, "bundle.system_packages", "dagseal-no-such-package", "fix the name")
+    assert_refused(code, err, tmp_path, "warehouse.toml: bundle.system_packages", "dagseal-no-such-package",
+                   "fix the name")
     assert "libpq5" not in err
     assert buildah_runs(tmp_path / "cache") == 1  # apt ran and said no; nothing was committed
 
@@ -132,7 +133,16 @@ def test_base_without_apt_exits_2_and_builds_nothing(no_apt_base, build_wheelhou
     specs = make_env_org(tmp_path, base=no_apt_base.ref, packages=["libpq5"], wheelhouse=build_wheelhouse)
     code, results, err = build(specs, tmp_path, build_wheelhouse)
     assert results == []
-    assert_refused(code, err, tmp_path, "bundle.base", "no package manager", "apt-get")
+    assert_refused(code, err, tmp_path, "warehouse.toml: bundle.base", "no package manager", "/usr/bin/apt-get")
+    assert buildah_runs(tmp_path / "cache") == 0  # refused after `buildah from`, before apt
+
+
+def test_scratch_with_system_packages_exits_2(build_wheelhouse, tmp_path):
+    specs = make_env_org(tmp_path, base="scratch", packages=["libpq5"], wheelhouse=build_wheelhouse)
+    code, results, err = build(specs, tmp_path, build_wheelhouse)
+    assert results == []
+    assert_refused(code, err, tmp_path, "warehouse.toml: bundle.base", "'scratch' has no package manager")
+    assert not (tmp_path / "cache" / "environments" / LOG_NAME).exists()  # buildah never started
 
 
 def test_base_outside_the_allow_list_exits_2(debian_base, build_wheelhouse, tmp_path):
