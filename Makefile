@@ -42,8 +42,9 @@ demo: setup
 test: setup airflow-env
 	@$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
+# Each bench/ script prints a table comparing dagseal with buildah/skopeo/umoci in the same run.
 bench: setup
-	@for b in bench/build bench/push bench/start; do [ -x $$b ] && $(VENV)/bin/python $$b || true; done
+	@for b in bench/*; do [ -f $$b ] && { echo "== $$b"; $(VENV)/bin/python $$b || echo "$$b failed"; }; done
 
 clean:
 	rm -rf .dagseal $(VENV) $(AIRFLOW_VENV) .pytest_cache

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import BadInput, NotFound
-from registry.model import MAX_CONFIG_BYTES, Descriptor, Index, Manifest, RawContent, load_json
+from registry.model import (
+    DOCKER_LAYER_GZIP,
+    LAYER_TYPES,
+    MAX_CONFIG_BYTES,
+    OCI_LAYER_GZIP,
+    Descriptor,
+    Index,
+    Manifest,
+    RawContent,
+    load_json,
+)
 from registry.store import Store
 
 
@@ -75,8 +85,22 @@ def load_base(org, bundle, *, plain_http: bool = False) -> BaseImage:
     if len(diff_ids) != len(manifest.layers) or len(diff_ids) > MAX_BASE_LAYERS:
         raise BadInput(f"{where}: base {name!r} has {len(manifest.layers)} layers but {len(diff_ids)} diff_ids "
                        f"(at most {MAX_BASE_LAYERS} layers are accepted)", hint="rebuild the base image")
-    return BaseImage(name=name, layers=list(manifest.layers), diff_ids=diff_ids, config=config,
+    return BaseImage(name=name, layers=_oci_layers(manifest.layers, where, name), diff_ids=diff_ids, config=config,
                      store=store, repository=ref.repository, digest=content.digest)
+
+
+def _oci_layers(layers: list[Descriptor], where: str, name: str) -> list[Descriptor]:
+    """Base layers as OCI descriptors: Docker's gzip type is the same bytes under another name;
+    anything else (foreign or non-distributable layers, artifacts) is refused."""
+    out = []
+    for desc in layers:
+        if desc.media_type == DOCKER_LAYER_GZIP:
+            desc = desc.model_copy(update={"media_type": OCI_LAYER_GZIP})
+        if desc.media_type not in LAYER_TYPES or desc.urls:
+            raise BadInput(f"{where}: base {name!r} has a layer of type {desc.media_type!r} ({desc.digest}) "
+                           "that dagseal cannot copy", hint="use a base image made of plain tar/gzip/zstd layers")
+        out.append(desc)
+    return out
 
 
 def _base_reference(name: str, where: str, repo_root: Path):

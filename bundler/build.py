@@ -26,17 +26,17 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bundler.base import BaseImage, load_base
 from bundler.cache import LayerCache, cache_key
 from bundler.layers import Codec, LayerFile, file_entry, listing_digest, parent_dirs, scan_tree, write_layer
 from bundler.output import Output
 from bundler.specs import Bundle, Organisation, load_organisation
-from registry.errors import BadInput, DagsealError, StorageError
+from registry.errors import BadInput, StorageError
 from registry.model import (
     ANN_BUNDLE,
     ANN_CREATED,
@@ -214,7 +214,8 @@ def deps_layer(plan: Plan, cache: LayerCache, opts: BuildOptions, out: Output) -
 
             reqs = work / "requirements.txt"
             reqs.write_text(plan.lock.requirements, encoding="utf-8")
-            out.info(f"installing the locked wheels of {plan.bundle.name} (uv)")
+            if not out.interactive:  # the progress display says it otherwise
+                out.info(f"installing the locked wheels of {plan.bundle.name} (uv)")
             install_wheels(reqs, target, python=python, platform=plan.platform,
                            find_links=list(opts.find_links), offline=opts.offline)
         entries = scan_tree(target, f"{bundle_prefix(plan.bundle.name)}/site-packages", what="site-packages")
@@ -347,7 +348,10 @@ def _put_layer_file(store: Store, repository: str, layer: LayerFile) -> None:
         except OSError:
             pass  # another filesystem or no hard links: stream below
         else:
-            store.adopt_file(link, layer.descriptor)
+            try:
+                store.adopt_file(link, layer.descriptor)
+            finally:
+                link.unlink(missing_ok=True)  # gone once adopted; removed if adopting failed
             return
     with open(layer.path, "rb") as fh:
         store.put_blob(repository, layer.descriptor, fh)
@@ -386,23 +390,28 @@ def publish(plan: Plan, image: Image, store: Store, target: Reference) -> Refere
 
 def build_bundle(plan: Plan, store: Store, target: Reference, cache: LayerCache, opts: BuildOptions,
                  out: Output) -> BuildResult:
+    """One bundle: dependency and DAG layers in parallel, then metadata, config, manifest, publish."""
+    name = plan.bundle.name
     with out.progress() as progress:
-        task = progress.add_task(f"building {plan.bundle.name}", total=3)
+        def step(description: str) -> Any:
+            task = progress.add_task(f"{name}: {description}", total=None)
+            return lambda *_: progress.update(task, total=1, completed=1)
+
         with cf.ThreadPoolExecutor(max_workers=2) as pool:
             deps = pool.submit(deps_layer, plan, cache, opts, out)
+            deps.add_done_callback(step("dependencies (uv install, layer)"))
             dags = pool.submit(dags_layer, plan, cache, opts)
-            layers = [deps.result()]
-            progress.advance(task)
-            layers.append(dags.result())
-            progress.advance(task)
+            dags.add_done_callback(step("DAG code layer"))
+            layers = [deps.result(), dags.result()]
+        done = step(f"publishing to {target}")
         meta = metadata_layer(plan, cache, opts)
         try:
             image = assemble(plan, layers + [meta], opts)
             ref = publish(plan, image, store, target)
         finally:
             meta.path.unlink(missing_ok=True)  # adopted by hard link or streamed: the temp file goes
-        progress.advance(task)
-    return BuildResult(plan.bundle.team, plan.bundle.name, str(ref), image.manifest.digest)
+        done()
+    return BuildResult(plan.bundle.team, name, str(ref), image.manifest.digest)
 
 
 def target_reference(org: Organisation, to: str | None) -> Reference:
@@ -431,8 +440,10 @@ def options(args: argparse.Namespace, org: Organisation) -> BuildOptions:
                         epoch=source_date_epoch(), source=source, revision=revision)
 
 
-def build(org: Organisation, bundles: list[Bundle], target: Reference, opts: BuildOptions, out: Output) -> list[BuildResult]:
-    """Plan every bundle (nothing written if one is wrong), then build and publish each."""
+def build(org: Organisation, bundles: list[Bundle], target: Reference, opts: BuildOptions,
+          out: Output) -> Iterator[BuildResult]:
+    """Plan every bundle (nothing written if one is wrong), then build and publish each, yielding
+    each result as soon as its image is in the store."""
     plans = [plan_bundle(org, b, opts, out) for b in bundles]
     if len(org.org.org.platforms) > 1:
         out.warn(f"the org lists platforms {', '.join(org.org.org.platforms)}; "
@@ -441,12 +452,9 @@ def build(org: Organisation, bundles: list[Bundle], target: Reference, opts: Bui
     cache = LayerCache(opts.cache_dir)
     from registry.open import open_store
 
-    results = []
-    store = open_store(target, plain_http=opts.plain_http)
-    with store:
+    with open_store(target, plain_http=opts.plain_http) as store:
         for plan in plans:
-            results.append(build_bundle(plan, store, target, cache, opts, out))
-    return results
+            yield build_bundle(plan, store, target, cache, opts, out)
 
 
 def command(args: argparse.Namespace, out: Output) -> int:
@@ -457,8 +465,9 @@ def command(args: argparse.Namespace, out: Output) -> int:
                        hint="check the names with `dagseal validate`")
     target = target_reference(org, args.to)
     if target.tag or target.digest or (target.repository and target.kind != "registry"):
-        raise BadInput(f"--to {args.to}: give the store only (oci:DIR, s3://BUCKET/PREFIX or host/path); "
-                       "images are named <team>/<bundle>:<version> inside it", hint=f"drop the name from {args.to}")
+        given = f"--to {args.to}" if args.to else f"{org.root / 'org.toml'}: org.registry {org.org.org.registry!r}"
+        raise BadInput(f"{given}: give the store only (oci:DIR, s3://BUCKET/PREFIX or host/path); "
+                       "images are named <team>/<bundle>:<version> inside it", hint="drop the image name from it")
     for result in build(org, bundles, target, options(args, org), out):
         out.result(result.to_json(), f"{result.ref}@{result.digest}")
     return 0

@@ -18,9 +18,11 @@ How one environment is made (`build_environment`):
    manifest into the work folder, which is then renamed into place. A failure leaves nothing:
    the work folder, with buildah's storage and its containers and images, is deleted.
 
-Reproducibility: two commits of one container give identical digests, but two apt runs do not
-always (the mirror moves; dpkg writes timestamps into its logs and databases; the logs are removed
-here). The cache is what makes rebuilds of a spec bit-identical on one machine.
+Reproducibility: `buildah commit --timestamp` fixes the mtimes in the layer, and apt's and dpkg's
+logs (which hold wall-clock times) are removed before the commit, so two fresh builds from the same
+base against the same mirror state give the same digest (tested). When the mirror has moved on
+(a security update), a fresh build differs: the cache is what keeps rebuilds of a spec
+bit-identical, and a DAG or dependency change never reruns buildah.
 
 Every buildah invocation is appended to `<cache_dir>/environments/buildah.log` (one JSON line),
 so a test or an operator can see whether buildah ran.
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import FileLock
 
 from bundler.base import BaseImage
 from bundler.output import Output
@@ -322,12 +326,11 @@ def _environment(base: BaseImage, packages: list[str], timestamp: int, cache_dir
         raise BadInput(f"bundle.base: {base.name!r} has no package manager, so bundle.system_packages "
                        f"({', '.join(packages)}) cannot be installed",
                        hint="use a Debian-based base from org.allowed_bases, or remove system_packages")
+    _require_runnable_here(base)
     key = environment_key(base.digest, packages, timestamp)
     envs = Path(cache_dir) / "environments"
     envs.mkdir(parents=True, exist_ok=True)
     final = envs / key
-    from filelock import FileLock
-
     with FileLock(str(envs / f"{key}.lock")):
         if (final / "index.json").is_file():
             out.info(f"environment {key[:12]} ({' '.join(packages)} on {base.name}): cached, buildah not run")
@@ -374,6 +377,21 @@ def _export_base(base: BaseImage, dest: Path) -> None:
     for desc in [manifest.config, *manifest.layers]:
         _copy_blob(base, store, desc)
     store.put_manifest("", content, tag="base")
+
+
+_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def _require_runnable_here(base: BaseImage) -> None:
+    """apt-get runs inside the base, so its binaries must be for this machine's architecture."""
+    import platform
+
+    host = _HOST_ARCH.get(platform.machine(), platform.machine())
+    arch = base.config.get("architecture") if isinstance(base.config, dict) else None
+    if arch and arch != host:
+        raise ToolError(f"base {base.name!r} is built for linux/{arch}; this machine ({host}) cannot run its apt-get "
+                        "to install bundle.system_packages",
+                        hint=f"build this bundle on a linux/{arch} machine (or register qemu-user-static binfmt)")
 
 
 def _require_package_manager(rootfs: Path, base: BaseImage) -> None:

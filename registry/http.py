@@ -31,7 +31,7 @@ from registry.auth import Challenge, Credentials, describe_sources, parse_challe
 from registry.errors import NotFound, StorageError
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-TIMEOUT = (10, 300)  # connect, read
+TIMEOUT = (10, 60)  # connect, read (a registry silent for a minute is failing)
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,10 @@ class Transport:
             try:
                 resp = self.session.request(method, full, headers=hdrs, data=data, params=params,
                                             stream=stream, timeout=TIMEOUT, allow_redirects=True)
+            except requests.exceptions.SSLError as exc:  # not transient: retrying cannot help
+                raise StorageError(f"{what or method + ' ' + full}: TLS with {self.host} failed: {_short(exc)}",
+                                   hint="if the registry speaks plain HTTP, pass --plain-http (loopback hosts use it "
+                                        "automatically); else fix its certificate") from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 attempt += 1
                 if attempt >= tries:
@@ -214,5 +218,10 @@ class Transport:
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc)
+    """The innermost reason of a requests/urllib3 error (not the whole wrapper chain)."""
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", None)
+    text = str(reason or inner or exc)
+    if "Failed to establish a new connection:" in text:
+        text = text.split("Failed to establish a new connection:", 1)[1].strip()
     return text if len(text) < 300 else text[:300] + "..."

@@ -331,11 +331,6 @@ class RemoteStore(Store):
             url = urljoin(self.http.base_url + "/", link)
         return sorted(set(out))
 
-    def delete_manifest(self, repository: str, digest: str) -> None:
-        resp = self.http.request("DELETE", f"/v2/{repository}/manifests/{parse_digest(digest)}",
-                                 scope=f"repository:{repository}:delete,pull,push", ok=(202, 200))
-        resp.close()
-
     # -- referrers ------------------------------------------------------------------------------
     def referrers(self, repository: str, subject_digest: str, artifact_type: str | None = None) -> list[Descriptor]:
         if self._referrers_api is not False:

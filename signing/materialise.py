@@ -127,6 +127,7 @@ class Cache:
                 (tmp / MANIFEST).write_bytes(content.raw)
                 make_read_only(tmp / TREE)
                 _syncfs(tmp)
+                remove_tree(self.entry_path(digest))  # an incomplete entry (tampered cache) is replaced
                 os.rename(tmp, self.entry_path(digest))
                 _fsync_dir(self.root)
             except BaseException:

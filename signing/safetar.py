@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import queue
 import shutil
 import stat
 import tarfile
@@ -37,6 +38,7 @@ from registry.errors import Refused
 from registry.model import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 
 CHUNK = 1 << 20
+TAR_BUFSIZE = 64 << 10  # tarfile's stream mode re-copies its whole buffer on every read: keep it small
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
@@ -114,6 +116,63 @@ class _Bounded:
                           f"({self.out} bytes from {self.counting.count}): a decompression bomb",
                           check="tar-limits", hint="rebuild the image with dagseal build")
         return data
+
+
+class _Prefetch:
+    """Decompresses (and, through the verifying stream below, hashes) on a thread of its own:
+    isal, zstandard and hashlib release the GIL, so tar parsing in the caller runs alongside.
+    At most `depth` chunks wait in the queue, so memory stays bounded; an error of the producer
+    (a refusal of the digest, a bomb) is raised in the reader."""
+
+    def __init__(self, inner: BinaryIO, depth: int = 8):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(inner,), daemon=True, name="dagseal-decompress")
+        self._thread.start()
+
+    def _run(self, inner: BinaryIO) -> None:
+        try:
+            while not self._stop.is_set():
+                data = inner.read(CHUNK)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # noqa: BLE001 (handed to the reader)
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1) -> bytes:
+        want = n if n is not None and n >= 0 else 1 << 62
+        out = []
+        while want > 0 and not self._eof:
+            if self._pos >= len(self._buf):
+                item = self._queue.get()
+                if isinstance(item, BaseException):
+                    self._eof = True
+                    raise item
+                if not item:
+                    self._eof = True
+                    break
+                self._buf, self._pos = item, 0
+            take = self._buf[self._pos:self._pos + want]
+            self._pos += len(take)
+            want -= len(take)
+            out.append(take)
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _decompressor(media_type: str, counting: _Counting) -> BinaryIO:
@@ -229,19 +288,31 @@ class LayerExtractor:
         self.budget = budget
         self.symlinks: list[str] = []
         self.writer = _Writer()
+        self.root_s = str(self.root)
+        self._made: set[str] = set()
+        self._forget_dirs()
+        if not os.listdir(self.root_s):
+            self._fresh.add(self.root_s)
 
     # -- one layer --------------------------------------------------------------------------------
     def extract(self, stream: BinaryIO, media_type: str, what: str = "layer") -> None:
         counting = _Counting(stream)
-        bounded = _Bounded(_decompressor(media_type, counting), counting, self.budget, what)
+        prefetch: _Prefetch | None = None
         try:
-            with tarfile.open(fileobj=bounded, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+            bounded = _Bounded(_decompressor(media_type, counting), counting, self.budget, what)
+            prefetch = _Prefetch(bounded)
+            with tarfile.open(fileobj=prefetch, mode="r|", bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
                 for member in tar:
                     self._member(tar, member, what)
-            while counting.read(CHUNK):  # drain to EOF so the verifying reader checks the digest
+            while prefetch.read(CHUNK):  # to EOF, so the verifying reader checks the digest
+                pass
+            prefetch.close()
+            while counting.read(CHUNK):
                 pass
             self.writer.drain()
         except BaseException as exc:
+            if prefetch is not None:
+                prefetch.close()
             try:
                 self.writer.close()  # no thread may write into the tree once we give up on it
             except BaseException:  # noqa: BLE001 (the first error is the one to report)
@@ -297,9 +368,7 @@ class LayerExtractor:
         elif m.isreg():
             self._write_file(tar, m, dest)
         elif m.issym():
-            self._clear(dest)
-            os.symlink(m.linkname, dest)
-            self.symlinks.append(rel)
+            self._symlink(m, dest, rel)
         else:
             self._hardlink(m, dest, what)
 
@@ -320,41 +389,70 @@ class LayerExtractor:
     def _inside(self, real: str) -> bool:
         return real == self.real_root or real.startswith(self.real_root + os.sep)
 
-    def _dest(self, rel: str, what: str) -> Path:
+    # Bookkeeping that saves a syscall per path component on trees of thousands of files:
+    # `_dirs` holds folders known to be real directories inside the tree (no symlink on the way),
+    # `_fresh` the ones this extractor created (so it knows everything they contain: `_made`).
+    # Removing any folder forgets both, so a later entry is checked against the disk again.
+
+    def _forget_dirs(self) -> None:
+        self._dirs = {self.root_s}
+        self._fresh = set()
+
+    def _dest(self, rel: str, what: str) -> str:
         """The path to write `rel` at, creating parent folders one by one; never follows a link
         out of the tree and never creates a folder before checking where it lands."""
-        cur = self.root
-        for part in rel.split("/")[:-1]:
-            cur = cur / part
+        parent_rel, _, _name = rel.rpartition("/")
+        parent = os.path.join(self.root_s, parent_rel) if parent_rel else self.root_s
+        if parent in self._dirs:
+            return os.path.join(self.root_s, rel)
+        cur, through_link = self.root_s, False
+        for part in parent_rel.split("/"):
+            cur = os.path.join(cur, part)
+            if cur in self._dirs:
+                continue
             self.writer.settle(cur)
             try:
                 st = os.lstat(cur)
             except FileNotFoundError:
                 os.mkdir(cur, 0o755)
+                self._made.add(cur)
+                if not through_link:
+                    self._dirs.add(cur)
+                    self._fresh.add(cur)
                 continue
             if stat.S_ISDIR(st.st_mode):
+                if not through_link:
+                    self._dirs.add(cur)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 real = os.path.realpath(cur)
                 if self._inside(real) and os.path.isdir(real):
+                    through_link = True
                     continue
                 raise _refuse(rel, "would be written through a symlink that leaves the tree", what)
             raise _refuse(rel, f"is below {part!r}, which is not a folder", what)
-        if not self._inside(os.path.realpath(cur)):
+        if through_link and not self._inside(os.path.realpath(cur)):
             raise _refuse(rel, "would be written through a symlink that leaves the tree", what)
-        return self.root / rel
+        return os.path.join(self.root_s, rel)
 
-    def _clear(self, dest: Path) -> None:
+    def _clear(self, dest: str) -> None:
+        if os.path.dirname(dest) in self._fresh and dest not in self._made:
+            return  # a folder we created holds only what we made: nothing there
         try:
             st = os.lstat(dest)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            self.writer.drain()
             shutil.rmtree(dest)
+            self._forget_dirs()
         else:
             os.unlink(dest)
+        self._made.discard(dest)
 
-    def _make_dir(self, dest: Path) -> None:
+    def _make_dir(self, dest: str) -> None:
+        if dest in self._dirs:
+            return
         try:
             st = os.lstat(dest)
             if stat.S_ISDIR(st.st_mode):
@@ -363,11 +461,16 @@ class LayerExtractor:
         except FileNotFoundError:
             pass
         os.mkdir(dest, 0o755)
+        self._made.add(dest)
+        if os.path.dirname(dest) in self._dirs:
+            self._dirs.add(dest)
+            self._fresh.add(dest)
 
-    def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> None:
+    def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, dest: str) -> None:
         self._clear(dest)
         mode = 0o755 if m.mode & 0o111 else 0o644
         src = tar.extractfile(m)
+        self._made.add(dest)
         if m.size <= INLINE_MAX:
             self.writer.submit(dest, src.read() if src is not None else b"", mode)
             return
@@ -377,31 +480,38 @@ class LayerExtractor:
                 shutil.copyfileobj(src, out, CHUNK)
             os.fchmod(out.fileno(), mode)
 
-    def _hardlink(self, m: tarfile.TarInfo, dest: Path, what: str) -> None:
+    def _symlink(self, m: tarfile.TarInfo, dest: str, rel: str) -> None:
+        self._clear(dest)
+        os.symlink(m.linkname, dest)
+        self._made.add(dest)
+        self.symlinks.append(rel)
+
+    def _hardlink(self, m: tarfile.TarInfo, dest: str, what: str) -> None:
         target_rel = posixpath.normpath(m.linkname)[len(self.prefix):]
-        target = self.root / target_rel
+        target = os.path.join(self.root_s, target_rel)
         self.writer.settle(target)
         try:
             st = os.lstat(target)
         except FileNotFoundError:
             raise _refuse(m.name, f"is a hardlink to {m.linkname!r}, which is not in the tree", what) from None
-        if not stat.S_ISREG(st.st_mode) or not self._inside(os.path.realpath(target.parent)):
+        if not stat.S_ISREG(st.st_mode) or not self._inside(os.path.realpath(os.path.dirname(target))):
             raise _refuse(m.name, f"is a hardlink to {m.linkname!r}, which is not a regular file in the tree", what)
         self._clear(dest)
         os.link(target, dest, follow_symlinks=False)
+        self._made.add(dest)
 
     def _whiteout(self, rel: str, base: str, what: str) -> None:
         self.writer.drain()
         parent = posixpath.dirname(rel)
-        folder = self._dest(posixpath.join(parent, "x"), what).parent
+        folder = os.path.dirname(self._dest(posixpath.join(parent, "x"), what))
         if base == OPAQUE:
-            for child in list(folder.iterdir()):
-                self._clear(child)
+            for child in os.listdir(folder):
+                self._clear(os.path.join(folder, child))
             return
         victim = base[len(WHITEOUT):]
         if victim in ("", ".", ".."):
             raise _refuse(rel, "is a malformed whiteout", what)
-        self._clear(folder / victim)
+        self._clear(os.path.join(folder, victim))
 
 
 def make_read_only(root: Path) -> None:

@@ -52,13 +52,13 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def test_dag_processor_parses_verified_bundle_and_refuses_team_b(airflow_python, layout, gate_keys, gate_policy,
+def test_dag_processor_parses_verified_bundle_and_refuses_team_b(airflow_python, gate_layout, gate_keys, gate_policy,
                                                                 tmp_path):
-    team_a = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    team_a = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(team_a, gate_keys)
-    team_b = make_image(layout, TEAM_B, BUNDLE_B, "2026.11.1")
+    team_b = make_image(gate_layout, TEAM_B, BUNDLE_B, "2026.11.1")
     sign_image(team_b, gate_keys, "team_b")
-    unsigned = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"u.py": b"# unsigned\n"})
+    unsigned = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"u.py": b"# unsigned\n"})
     config = [
         {"name": BUNDLE_A, "classpath": "signing.airflow.OciDagBundle",
          "kwargs": {"ref": oci_ref(team_a), "policy": str(gate_policy)}, "team_name": TEAM_A},

@@ -28,7 +28,7 @@ from registry.model import (
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
 )
-from tests.fixtures.build import copy_org, run_build
+from tests.fixtures.build import BUILD_VARIABLES, copy_org, run_build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -285,3 +285,32 @@ def test_bundle_without_dependencies_gets_an_empty_site_packages_layer(org_dir, 
     deps = _manifest(tmp_path / "store", results[0]["digest"])["layers"][0]
     names = [m.name for m in _layer_members(tmp_path / "store", deps)]
     assert names[-1] == "opt/airflow/bundles/team_b_reports/site-packages" and all(m.isdir() for m in _layer_members(tmp_path / "store", deps))
+
+
+def test_source_and_revision_come_from_git_without_credentials(org_dir, tmp_path, build_wheelhouse, monkeypatch):
+    for name in BUILD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    repo = org_dir.parent
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://user:s3cret@git.example.com/acme/dags.git"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "specs"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    code, results, err = _build(org_dir, tmp_path / "store", tmp_path / "cache", build_wheelhouse, "--bundle", "team_b_reports")
+    assert code == 0, err
+    ann = _manifest(tmp_path / "store", results[0]["digest"])["annotations"]
+    assert (ann[ANN_SOURCE], ann[ANN_REVISION]) == ("https://git.example.com/acme/dags.git", head)
+
+
+def test_source_and_revision_from_ci_variables_win(org_dir, tmp_path, build_wheelhouse, monkeypatch):
+    for name in BUILD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.com")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/team-b-dags")
+    monkeypatch.setenv("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
+    code, results, err = _build(org_dir, tmp_path / "store", tmp_path / "cache", build_wheelhouse, "--bundle", "team_b_reports")
+    assert code == 0, err
+    ann = _manifest(tmp_path / "store", results[0]["digest"])["annotations"]
+    assert ann[ANN_SOURCE] == "https://github.com/acme/team-b-dags"
+    assert ann[ANN_REVISION] == "0123456789abcdef0123456789abcdef01234567"

@@ -3,7 +3,6 @@ documented code, and leaves the store untouched (or readable with no dangling ta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -17,9 +16,7 @@ from pathlib import Path
 import pytest
 
 from registry.layout import LayoutStore
-from registry.model import OCI_CONFIG, Descriptor, Manifest, canonical_json, encode
-from registry.store import iter_children
-from tests.fixtures.build import copy_org, run_build
+from tests.fixtures.build import assert_store_consistent, copy_org, edit_text, run_build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,32 +36,12 @@ def _error(lines: list[dict]) -> dict:
     return lines[0]
 
 
-def assert_store_consistent(store: Path) -> list[str]:
-    """Every tag of the layout resolves to a manifest whose blobs are all present and intact."""
-    layout = LayoutStore(store, create=False)
-    tags = []
-    for name, desc in layout.entries():
-        content = layout.get_manifest("", desc.digest)
-        for child in iter_children(content):
-            with layout.open_blob("", child) as fh:
-                while fh.read(1 << 20):
-                    pass
-        tags.append(name)
-    return tags
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-
-
 # -- refused before anything is written ------------------------------------------------------
 
 
 def test_stale_lock_is_refused_and_no_bundle_is_written(org_dir, tmp_path, build_wheelhouse):
     spec = org_dir / "teams/team_b/team_b_reports.toml"
-    _edit(spec, 'dependencies = ["dagseal_helper"]', 'dependencies = ["dagseal_helper", "dagseal_testdep"]')
+    edit_text(spec, 'dependencies = ["dagseal_helper"]', 'dependencies = ["dagseal_helper", "dagseal_testdep"]')
     code, lines, _ = _build(org_dir, tmp_path / "store", build_wheelhouse)
     err = _error(lines)
     assert code == 2 and err["exit_code"] == 2
@@ -82,7 +59,7 @@ def test_missing_lock_is_refused(org_dir, tmp_path, build_wheelhouse):
 
 
 def test_base_outside_allow_list_is_refused(org_dir, tmp_path, build_wheelhouse):
-    _edit(org_dir / "teams/team_a/team_a_analytics.toml", 'base = "scratch"', 'base = "oci:bases:debian:12"')
+    edit_text(org_dir / "teams/team_a/team_a_analytics.toml", 'base = "scratch"', 'base = "oci:bases:debian:12"')
     code, lines, _ = _build(org_dir, tmp_path / "store", build_wheelhouse)
     text = json.dumps(_error(lines))
     assert code == 2 and "team_a_analytics.toml" in text and "bundle.base" in text and "allowed_bases" in text
@@ -124,7 +101,7 @@ def test_fifo_in_the_dag_folder_is_refused(org_dir, tmp_path, build_wheelhouse):
 def test_to_with_an_image_name_is_refused(org_dir, tmp_path, build_wheelhouse):
     code, lines, _ = _build(org_dir, tmp_path / "store", build_wheelhouse, "--to", f"oci:{tmp_path}/x:team_a/y:1")
     err = _error(lines)
-    assert code == 2 and "--to" in err["message"] and "drop the name" in err["hint"]
+    assert code == 2 and "--to" in err["message"] and "drop the image name" in err["hint"]
 
 
 def test_no_matching_bundle_is_refused(org_dir, tmp_path, build_wheelhouse):
@@ -133,8 +110,8 @@ def test_no_matching_bundle_is_refused(org_dir, tmp_path, build_wheelhouse):
 
 
 def test_unpinned_registry_base_is_refused(org_dir, tmp_path, build_wheelhouse):
-    _edit(org_dir / "org.toml", 'allowed_bases = ["scratch"]', 'allowed_bases = ["scratch", "registry.example.com/base/debian:12"]')
-    _edit(org_dir / "teams/team_a/team_a_analytics.toml", 'base = "scratch"', 'base = "registry.example.com/base/debian:12"')
+    edit_text(org_dir / "org.toml", 'allowed_bases = ["scratch"]', 'allowed_bases = ["scratch", "registry.example.com/base/debian:12"]')
+    edit_text(org_dir / "teams/team_a/team_a_analytics.toml", 'base = "scratch"', 'base = "registry.example.com/base/debian:12"')
     code, lines, _ = _build(org_dir, tmp_path / "store", build_wheelhouse)
     err = _error(lines)
     assert code == 2 and "bundle.base" in err["message"] and "not pinned by digest" in err["message"]
@@ -155,68 +132,6 @@ def test_uv_failure_mid_build_writes_nothing(org_dir, tmp_path, build_wheelhouse
     assert not list((tmp_path / "cache" / "tmp").iterdir())  # the half-installed tree was removed
 
 
-# -- bases from an OCI layout ----------------------------------------------------------------
-
-
-def _use_base(org_dir: Path, base: str) -> None:
-    _edit(org_dir / "org.toml", 'allowed_bases = ["scratch"]', f'allowed_bases = ["scratch", "{base}"]')
-    _edit(org_dir / "teams/team_a/team_a_analytics.toml", 'base = "scratch"', f'base = "{base}"')
-
-
-def test_oci_layout_base_layers_come_first_and_are_copied(org_dir, tmp_path, build_wheelhouse, built_org):
-    shutil.copytree(built_org.store, org_dir.parent / "bases")  # relative to the repo root
-    base_digest = built_org.result("team_b_reports")["digest"]
-    _use_base(org_dir, "oci:bases:team_b/team_b_reports:2026.11.1")
-    store = tmp_path / "store"
-    code, lines, err = _build(org_dir, store, build_wheelhouse, "--bundle", "team_a_analytics")
-    assert code == 0, err
-    layout = LayoutStore(store)
-    manifest = layout.get_manifest("", lines[0]["digest"]).parsed
-    base = LayoutStore(built_org.store).get_manifest("", base_digest).parsed
-    assert manifest.layers[:3] == base.layers and len(manifest.layers) == 6
-    assert all(layout.has_blob("", d) for d in manifest.layers)
-    with layout.open_blob("", manifest.config) as fh:
-        config = json.loads(fh.read())
-    assert config["config"]["Env"] == ["PYTHONPATH=/opt/airflow/bundles/team_a_analytics/site-packages:"
-                                       "/opt/airflow/bundles/team_b_reports/site-packages"]
-    assert len(config["rootfs"]["diff_ids"]) == 6 and len(config["history"]) == 6
-    assert set(assert_store_consistent(store)) == {"team_a/team_a_analytics:2026.11.1"}
-
-
-def test_oci_base_pinned_by_digest_works_and_missing_tag_is_refused(org_dir, tmp_path, build_wheelhouse, built_org):
-    shutil.copytree(built_org.store, org_dir.parent / "bases")
-    digest = built_org.result("team_b_reports")["digest"]
-    other = copy_org(org_dir, tmp_path / "other")
-    _use_base(org_dir, f"oci:bases@{digest}")
-    code, _, err = _build(org_dir, tmp_path / "store", build_wheelhouse, "--bundle", "team_a_analytics")
-    assert code == 0, err
-    shutil.copytree(built_org.store, other.parent / "bases")
-    _use_base(other, "oci:bases:team_b/nothing:1")
-    code, lines, _ = _build(other, tmp_path / "store2", build_wheelhouse, "--bundle", "team_a_analytics")
-    err = _error(lines)
-    assert code == 2 and "bundle.base" in err["message"] and "was not found" in err["message"] and err["hint"]
-    assert not (tmp_path / "store2").exists()
-
-
-def test_base_for_another_platform_is_refused(org_dir, tmp_path, build_wheelhouse, built_org):
-    bases = org_dir.parent / "bases"
-    shutil.copytree(built_org.store, bases)
-    layout = LayoutStore(bases)
-    src = layout.get("team_b/team_b_reports", "2026.11.1").parsed
-    with layout.open_blob("", src.config) as fh:
-        config = json.loads(fh.read())
-    config["architecture"] = "arm64"
-    raw = canonical_json(config)
-    desc = Descriptor(mediaType=OCI_CONFIG, digest="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(raw))
-    layout.put_blob_bytes(desc, raw)
-    arm = encode(Manifest(schemaVersion=2, config=desc, layers=src.layers))
-    layout.put_manifest("team_b/arm", arm, tag="1")
-    _use_base(org_dir, "oci:bases:team_b/arm:1")
-    code, lines, _ = _build(org_dir, tmp_path / "store", build_wheelhouse, "--bundle", "team_a_analytics")
-    err = _error(lines)
-    assert code == 2 and "linux/arm64" in err["message"] and "linux/amd64" in err["message"]
-
-
 # -- failures while writing the store --------------------------------------------------------
 
 
@@ -224,7 +139,7 @@ def test_failed_store_write_leaves_previous_tags_and_no_dangling_tag(org_dir, tm
     store = tmp_path / "store"
     code, first, err = _build(org_dir, store, build_wheelhouse, "--bundle", "team_a_analytics")
     assert code == 0, err
-    _edit(org_dir / "teams/team_a/team_a_analytics.toml", 'version = "2026.11.1"', 'version = "2026.11.2"')
+    edit_text(org_dir / "teams/team_a/team_a_analytics.toml", 'version = "2026.11.1"', 'version = "2026.11.2"')
     # learn the new manifest's digest from a build elsewhere (builds are reproducible) ...
     code, probe, err = _build(org_dir, tmp_path / "probe" / "store", build_wheelhouse, "--bundle", "team_a_analytics")
     assert code == 0, err
@@ -243,7 +158,7 @@ def test_build_killed_midway_leaves_the_store_readable(org_dir, tmp_path, build_
     assert code == 0, err
     dags = org_dir / "teams/team_a/team_a_analytics/dags"
     (dags / "big.bin").write_bytes(random.Random(7).randbytes(48 << 20))  # slow enough to be caught mid-write
-    _edit(org_dir / "teams/team_a/team_a_analytics.toml", 'version = "2026.11.1"', 'version = "2026.11.2"')
+    edit_text(org_dir / "teams/team_a/team_a_analytics.toml", 'version = "2026.11.1"', 'version = "2026.11.2"')
     cmd = [sys.executable, "-m", "bundler.cli", "build", "--json", "--specs", str(org_dir), "--to", f"oci:{store}",
            "--cache-dir", str(cache), "--find-links", str(build_wheelhouse), "--offline"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -259,3 +174,29 @@ def test_build_killed_midway_leaves_the_store_readable(org_dir, tmp_path, build_
     code, again, err = _build(org_dir, store, build_wheelhouse)  # and the next build completes
     assert code == 0, err
     assert "team_a/team_a_analytics:2026.11.2" in assert_store_consistent(store)
+
+
+def test_two_concurrent_builds_share_store_and_cache_safely(org_dir, tmp_path, build_wheelhouse):
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "bundler.cli", "build", "--json", "--specs", str(org_dir), "--to", f"oci:{store}",
+           "--cache-dir", str(cache), "--find-links", str(build_wheelhouse), "--offline"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    digests = [sorted(json.loads(line)["digest"] for line in out.splitlines()) for out, _ in outputs]
+    assert digests[0] == digests[1]
+    assert sorted(assert_store_consistent(store)) == ["team_a/team_a_analytics:2026.11.1", "team_b/team_b_reports:2026.11.1"]
+
+
+def test_several_platforms_build_the_first_and_say_so(org_dir, tmp_path, build_wheelhouse):
+    from tests.fixtures.build import lock_all
+
+    edit_text(org_dir / "org.toml", 'platforms = ["linux/amd64"]', 'platforms = ["linux/amd64", "linux/arm64"]')
+    lock_all(org_dir, build_wheelhouse)
+    code, lines, err = _build(org_dir, tmp_path / "store", build_wheelhouse, "--bundle", "team_b_reports")
+    assert code == 0, err
+    assert "first only (linux/amd64)" in err
+    manifest = LayoutStore(tmp_path / "store").get_manifest("", lines[0]["digest"]).parsed
+    with LayoutStore(tmp_path / "store").open_blob("", manifest.config) as fh:
+        assert json.loads(fh.read())["architecture"] == "amd64"

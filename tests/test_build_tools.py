@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-
-import pytest
+from pathlib import Path
 
 from tests.fixtures.build import MODEL_BYTES
 from tests.fixtures.tools import require_tool
@@ -58,8 +57,6 @@ def test_buildah_accepts_every_image(built_org, tmp_path):
             container = f"c{i}"
             _run(*base, "from", "--name", container, f"oci:{built_org.store}:{_name(r)}")
             mount = _run(*base, "mount", container).stdout.strip()
-            from pathlib import Path
-
             tree = Path(mount) / "opt/airflow/bundles" / r["bundle"]
             assert (tree / "dags" / f"{r['bundle']}_dag.py").is_file()
             assert (tree / "site-packages" / "dagseal_helper.py").is_file()

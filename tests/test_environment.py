@@ -123,6 +123,19 @@ def test_base_without_package_manager_is_bad_input_and_leaves_nothing(no_apt_bas
     assert_nothing_left(tmp_path)
 
 
+def test_base_for_another_architecture_is_refused_before_buildah(tmp_path):
+    from registry.errors import ToolError
+    from tests.fixtures.debian import build_file_only_base
+
+    build_file_only_base(tmp_path / "arm", "armbase:1", architecture="s390x")
+    base = image_from_store(LayoutStore(tmp_path / "arm", create=False), "armbase", "1", "oci:arm:armbase:1")
+    with pytest.raises(ToolError) as exc:
+        build_environment(base, ["libpq5"], cache_dir=tmp_path / "cache", out=Captured())
+    assert "linux/s390x" in exc.value.message and "system_packages" in exc.value.message
+    assert "linux/s390x machine" in (exc.value.hint or "")
+    assert buildah_calls(tmp_path / "cache") == []
+
+
 def test_scratch_cannot_take_system_packages(tmp_path):
     with pytest.raises(BadInput) as exc:
         build_environment(SCRATCH, ["libpq5"], cache_dir=tmp_path, out=Captured())

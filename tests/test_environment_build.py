@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.environment import LOG_NAME
+from bundler.environment import LOG_NAME, _timestamp, environment_key
 from registry.layout import LayoutStore
 from tests.fixtures.build import run_build
 from tests.fixtures.debian import make_env_org
@@ -103,10 +103,14 @@ def test_fresh_cache_rebuild_gives_the_same_digest(built_env, debian_base, build
     _, _, first, _ = built_env
     specs = make_env_org(tmp_path, base=debian_base.ref, packages=["libpq5"], dependencies=["dagseal_helper"],
                          wheelhouse=build_wheelhouse)
+    damaged = tmp_path / "cache" / "environments" / environment_key(debian_base.digest, ["libpq5"], _timestamp())
+    (damaged / "blobs" / "sha256").mkdir(parents=True)  # e.g. a half-done copy by hand: no index.json
+    (damaged / "blobs" / "sha256" / "junk").write_bytes(b"partial")
     code, results, err = build(specs, tmp_path, build_wheelhouse)
     assert code == 0, err
     assert buildah_runs(tmp_path / "cache") == 1
     assert results[0]["digest"] == first["digest"]
+    assert not (damaged / "blobs" / "sha256" / "junk").exists()
 
 
 def assert_refused(code: int, err: str, root: Path, *needles: str) -> None:

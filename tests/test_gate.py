@@ -34,14 +34,14 @@ def run_cli(*argv, env: dict | None = None, importtime: bool = False) -> subproc
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
-def _signed(layout, keys, version="2026.11.1"):
-    image = make_image(layout, TEAM_A, BUNDLE_A, version)
+def _signed(gate_layout, keys, version="2026.11.1"):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, version)
     sign_image(image, keys)
     return image
 
 
-def test_run_exports_bundle_paths_and_execs(layout, gate_keys, gate_policy, tmp_path):
-    image = _signed(layout, gate_keys)
+def test_run_exports_bundle_paths_and_execs(gate_layout, gate_keys, gate_policy, tmp_path):
+    image = _signed(gate_layout, gate_keys)
     proc = run_cli("run", "--team", TEAM_A, "--policy", gate_policy, "--state-dir", tmp_path / "state",
                    "--bundle", oci_ref(image), "--", PY, "-c", SHOW_ENV, env={"PYTHONPATH": "/already/there"})
     assert proc.returncode == 0, proc.stderr
@@ -52,9 +52,9 @@ def test_run_exports_bundle_paths_and_execs(layout, gate_keys, gate_policy, tmp_
     assert "accepted" in proc.stdout and image.digest in proc.stdout
 
 
-def test_run_never_execs_after_a_refusal(layout, gate_keys, gate_policy, tmp_path):
-    good = _signed(layout, gate_keys)
-    unsigned = make_image(layout, TEAM_A, "team_a_other", "1.0")
+def test_run_never_execs_after_a_refusal(gate_layout, gate_keys, gate_policy, tmp_path):
+    good = _signed(gate_layout, gate_keys)
+    unsigned = make_image(gate_layout, TEAM_A, "team_a_other", "1.0")
     marker = tmp_path / "ran"
     proc = run_cli("run", "--team", TEAM_A, "--policy", gate_policy, "--state-dir", tmp_path / "state", "--json",
                    "--bundle", oci_ref(good), "--bundle", oci_ref(unsigned), "--", "touch", marker)
@@ -65,15 +65,15 @@ def test_run_never_execs_after_a_refusal(layout, gate_keys, gate_policy, tmp_pat
     assert not marker.exists()
 
 
-def test_run_needs_a_command(dagseal, layout, gate_keys, gate_policy, tmp_path):
-    image = _signed(layout, gate_keys)
+def test_run_needs_a_command(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    image = _signed(gate_layout, gate_keys)
     result = dagseal("run", "--team", TEAM_A, "--policy", gate_policy, "--bundle", oci_ref(image), "--json")
     assert result.code == 2 and "needs a command" in result.json_lines[0]["message"]
 
 
-def test_verify_is_a_dry_run(dagseal, layout, gate_keys, gate_policy, tmp_path):
-    new = _signed(layout, gate_keys, "2026.11.2")
-    old = _signed(layout, gate_keys, "2026.11.1")
+def test_verify_is_a_dry_run(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    new = _signed(gate_layout, gate_keys, "2026.11.2")
+    old = _signed(gate_layout, gate_keys, "2026.11.1")
     state = tmp_path / "state"
     for image in (new, old):  # verify records nothing, so the older one is not a rollback here
         result = dagseal("verify", oci_ref(image), "--team", TEAM_A, "--policy", gate_policy, "--state-dir", state,
@@ -87,8 +87,8 @@ def test_verify_is_a_dry_run(dagseal, layout, gate_keys, gate_policy, tmp_path):
         {"decision": "refused", "check": "signer", "team": TEAM_B, "bundle": BUNDLE_A, "digest": new.digest}
 
 
-def test_warm_start_imports_no_heavy_modules(layout, gate_keys, gate_policy, tmp_path):
-    image = _signed(layout, gate_keys)
+def test_warm_start_imports_no_heavy_modules(gate_layout, gate_keys, gate_policy, tmp_path):
+    image = _signed(gate_layout, gate_keys)
     state = tmp_path / "state"
     args = ["run", "--team", TEAM_A, "--policy", gate_policy, "--state-dir", state, "--bundle"]
     cold = run_cli(*args, oci_ref(image, pinned=True), "--", "true")

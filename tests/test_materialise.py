@@ -164,8 +164,8 @@ def _fetch_args(ref: str, policy: Path, state: Path, dest: Path) -> list[str]:
             "--dest", str(dest), "--json"]
 
 
-def test_cache_is_reverified_every_start(dagseal, layout, gate_keys, gate_policy, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_cache_is_reverified_every_start(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     state = tmp_path / "state"
     first = dagseal(*_fetch_args(oci_ref(image, pinned=True), gate_policy, state, tmp_path / "d1"))
@@ -183,8 +183,8 @@ def test_cache_is_reverified_every_start(dagseal, layout, gate_keys, gate_policy
     assert not os.path.lexists(tmp_path / "d3")
 
 
-def test_tampered_cache_entry_is_refused(dagseal, layout, gate_keys, gate_policy, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_tampered_cache_entry_is_refused(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     state = tmp_path / "state"
     assert dagseal(*_fetch_args(oci_ref(image), gate_policy, state, tmp_path / "d1")).code == 0
@@ -195,8 +195,8 @@ def test_tampered_cache_entry_is_refused(dagseal, layout, gate_keys, gate_policy
     assert "cache was tampered with" in result.json_lines[0]["reason"]
 
 
-def test_fetch_never_overwrites_a_real_folder(dagseal, layout, gate_keys, gate_policy, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_fetch_never_overwrites_a_real_folder(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     (tmp_path / "mine").mkdir()
     result = dagseal(*_fetch_args(oci_ref(image), gate_policy, tmp_path / "state", tmp_path / "mine"))
@@ -228,8 +228,8 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def test_killed_start_leaves_nothing_a_later_start_accepts(dagseal, layout, gate_keys, gate_policy, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_killed_start_leaves_nothing_a_later_start_accepts(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     state, ready = tmp_path / "state", tmp_path / "ready"
     script = CHILD.format(root=str(ROOT), ready=str(ready), policy=str(gate_policy), state=str(state),
@@ -257,8 +257,8 @@ def test_killed_start_leaves_nothing_a_later_start_accepts(dagseal, layout, gate
     assert (tmp_path / "dest" / "dags" / f"{BUNDLE_A}_dag.py").is_file()
 
 
-def test_concurrent_starts_share_one_download(layout, gate_keys, gate_policy, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1",
+def test_concurrent_starts_share_one_download(gate_layout, gate_keys, gate_policy, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1",
                        site_packages={f"pkg/m{i}.py": os.urandom(20000) for i in range(300)})
     sign_image(image, gate_keys)
     state = tmp_path / "state"

@@ -135,3 +135,10 @@ def test_tags_lists_pushed_tags_and_empty_for_unknown_repository(registry_server
         copy_image(src, "team_a/tags", "1", remote, "team_a/tags", "2")
         assert remote.tags("team_a/tags") == ["1", "2"]
         assert remote.tags("team_a/unknown-repo") == []
+
+
+def test_https_to_a_plain_http_registry_fails_at_once_with_the_fix(registry_server):
+    with RemoteStore(registry_server.host, plain_http=False, retry=FAST) as remote:
+        with pytest.raises(StorageError) as info:
+            remote.tags("team_a/x")
+    assert "TLS with" in info.value.message and "--plain-http" in info.value.hint

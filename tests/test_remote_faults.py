@@ -134,7 +134,7 @@ def test_a_download_cut_half_way_is_fetched_again(registry_server, fault_proxy, 
     image = make_image(src, "team_a/cut-pull", "1", [os.urandom(500_000)])
     with RemoteStore(registry_server.host, plain_http=True, retry=FAST) as direct:
         copy_image(src, "team_a/cut-pull", "1", direct, "team_a/cut-pull", "1")
-    proxy = fault_proxy(registry_server.host, _first(1, "cut-response", "GET", "/blobs/sha256:"))
+    proxy = fault_proxy(registry_server.host, _first(1, "cut-response", "GET", "/blobs/" + image.parsed.layers[0].digest))
     with RemoteStore(proxy.host, plain_http=True, retry=FAST) as remote:
         back = LayoutStore(tmp_path / "back")
         copy_image(remote, "team_a/cut-pull", "1", back, "team_a/cut-pull", "1", jobs=1)
@@ -152,3 +152,33 @@ def test_a_download_cut_every_time_exits_4(registry_server, fault_proxy, dagseal
     result = dagseal("copy", f"{proxy.host}/team_a/cut-always:1", f"oci:{tmp_path / 'back'}:team_a/x:1", "--json")
     assert result.code == 4 and "failed mid-stream" in result.json_lines[0]["message"]
     assert LayoutStore(tmp_path / "back").tags("team_a/x") == []
+
+
+def test_registry_killed_in_the_middle_of_a_blob_upload(registry_factory, fault_proxy, dagseal, tmp_path):
+    """Killed after the first chunk of a layer went in: exit 4 with the cause; after a restart no
+    tag exists, and the next push completes with every blob verified on the way back."""
+    server = registry_factory()
+    patches = {"n": 0}
+
+    def kill_on_second_patch(method, path):
+        if method == "PATCH":
+            patches["n"] += 1
+            if patches["n"] == 2:
+                server.stop()
+        return None
+
+    proxy = fault_proxy(server.host, kill_on_second_patch)
+    src = LayoutStore(tmp_path / "src")
+    image = make_image(src, "team_a/mid-blob", "1", [os.urandom(3 * 1024 * 1024)])
+    ref = f"oci:{tmp_path / 'src'}:team_a/mid-blob:1"
+    with RemoteStore(proxy.host, plain_http=True, retry=FAST, chunk_size=1024 * 1024) as remote:
+        with pytest.raises(StorageError):
+            copy_image(src, "team_a/mid-blob", "1", remote, "team_a/mid-blob", "1", jobs=1)
+    assert patches["n"] >= 2
+    server.start()
+    with RemoteStore(server.host, plain_http=True, retry=FAST) as direct:
+        assert direct.tags("team_a/mid-blob") == []
+    result = dagseal("push", ref, f"{server.host}/team_a/mid-blob:1", "--json")
+    assert result.code == 0 and result.json_lines[0]["digest"] == image.digest
+    pulled = dagseal("copy", f"{server.host}/team_a/mid-blob:1", f"oci:{tmp_path / 'back'}:team_a/mid-blob:1", "--json")
+    assert pulled.code == 0 and pulled.json_lines[0]["digest"] == image.digest

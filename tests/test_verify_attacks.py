@@ -66,8 +66,8 @@ def assert_nothing_materialised(gate, tmp_path: Path) -> None:
     assert not accepted.is_dir() or not list(accepted.rglob("*.json"))
 
 
-def test_signed_bundle_is_accepted_and_materialised(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_signed_bundle_is_accepted_and_materialised(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     result, d = gate("fetch", oci_ref(image))
     assert result.code == 0, result.stdout + result.stderr
@@ -81,78 +81,78 @@ def test_signed_bundle_is_accepted_and_materialised(gate, layout, gate_keys, tmp
     assert not os.stat(dest / "dags" / f"{BUNDLE_A}_dag.py").st_mode & 0o222
 
 
-def test_no_signature(gate, layout, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_no_signature(gate, gate_layout, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "signature", "no signature", image.digest, "dagseal sign")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_signature_by_unlisted_key(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_signature_by_unlisted_key(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys, "outsider")
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "signer", "not list for team team_a", "no team lists it")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_team_b_signature_presented_to_team_a_runtime(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_B, BUNDLE_B, "2026.11.1")
+def test_team_b_signature_presented_to_team_a_runtime(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_B, BUNDLE_B, "2026.11.1")
     sign_image(image, gate_keys, "team_b")
     result, d = gate("fetch", oci_ref(image), team=TEAM_A)
     assert_refused(result, d, "signer", "listed for team_b")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_team_a_statement_on_image_annotated_team_b(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1", annotations={ANN_TEAM: TEAM_B})
+def test_team_a_statement_on_image_annotated_team_b(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1", annotations={ANN_TEAM: TEAM_B})
     sign_image(image, gate_keys, team=TEAM_A)
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "team", ANN_TEAM, "'team_b'")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_statement_signed_for_other_team_by_team_a_key(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_statement_signed_for_other_team_by_team_a_key(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys, team=TEAM_B)
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "team", "signed for team team_b")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_bundle_of_other_name_or_not_owned(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_bundle_of_other_name_or_not_owned(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys, bundle="team_a_other")
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "bundle", "team_a_other", BUNDLE_A)
-    stray = make_image(layout, TEAM_A, "stray", "1.0")
+    stray = make_image(gate_layout, TEAM_A, "stray", "1.0")
     sign_image(stray, gate_keys)
     result, d = gate("fetch", oci_ref(stray))
     assert_refused(result, d, "bundle", "gives bundle stray to no team")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_signature_copied_from_another_digest(gate, layout, gate_keys, tmp_path):
-    signed = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
-    other = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"evil.py": b"import os\n"})
+def test_signature_copied_from_another_digest(gate, gate_layout, gate_keys, tmp_path):
+    signed = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    other = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"evil.py": b"import os\n"})
     sign_image(signed, gate_keys, attach_to=other)  # statement names `signed`, referrer of `other`
     result, d = gate("fetch", oci_ref(other))
     assert_refused(result, d, "subject", signed.digest, "copied")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_other_predicate_type_is_not_a_bundle_signature(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_other_predicate_type_is_not_a_bundle_signature(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys, predicate_type="https://cyclonedx.org/bom")
     result, d = gate("fetch", oci_ref(image))
     assert result.code == 3 and d["check"] in ("signature", "predicate-type")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_tag_moved_to_unsigned_image(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_tag_moved_to_unsigned_image(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
-    moved = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1", dags={"evil.py": b"import os\n"})
+    moved = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1", dags={"evil.py": b"import os\n"})
     assert moved.digest != image.digest
     result, d = gate("fetch", oci_ref(moved))
     assert_refused(result, d, "signature", moved.digest)
@@ -166,40 +166,40 @@ def _overwrite_blob(store: LayoutStore, digest: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def test_tampered_layer(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_tampered_layer(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     layer = image.content.parsed.layers[1]
     evil = gzip_bytes(make_tar([(tar_entry(PREFIX + "dags/evil.py", b"import os\n"), b"import os\n")]))
-    _overwrite_blob(layout, layer.digest, evil)
+    _overwrite_blob(gate_layout, layer.digest, evil)
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "blob-digest", layer.digest)
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_tampered_config(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_tampered_config(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     config = image.content.parsed.config
-    _overwrite_blob(layout, config.digest, b'{"config":{"Env":["LD_PRELOAD=/x"]}}'[: config.size].ljust(config.size))
+    _overwrite_blob(gate_layout, config.digest, b'{"config":{"Env":["LD_PRELOAD=/x"]}}'[: config.size].ljust(config.size))
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "blob-digest", config.digest)
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_tampered_manifest(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_tampered_manifest(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys)
     raw = image.content.raw.replace(b'"2026.11.1"', b'"2026.11.9"')
-    _overwrite_blob(layout, image.digest, raw)
+    _overwrite_blob(gate_layout, image.digest, raw)
     result, d = gate("fetch", oci_ref(image))
     assert result.code == 3 and d["check"] in ("blob-digest", "manifest-format"), d
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_rollback_refused_unless_pinned_and_allowed(gate, layout, gate_keys, tmp_path):
-    old = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
-    new = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"b.py": b"# two\n"})
+def test_rollback_refused_unless_pinned_and_allowed(gate, gate_layout, gate_keys, tmp_path):
+    old = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    new = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"b.py": b"# two\n"})
     sign_image(old, gate_keys)
     sign_image(new, gate_keys)
     assert gate("fetch", oci_ref(new))[0].code == 0
@@ -218,34 +218,34 @@ def test_rollback_refused_unless_pinned_and_allowed(gate, layout, gate_keys, tmp
     assert record["newest_version"] == "2026.11.2"
 
 
-def test_version_reuse_with_other_digest(gate, layout, gate_keys, tmp_path):
-    first = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_version_reuse_with_other_digest(gate, gate_layout, gate_keys, tmp_path):
+    first = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(first, gate_keys)
     assert gate("fetch", oci_ref(first))[0].code == 0
     os.unlink(tmp_path / "dest")
-    again = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1", dags={"other.py": b"# other\n"})
+    again = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1", dags={"other.py": b"# other\n"})
     sign_image(again, gate_keys)
     result, d = gate("fetch", oci_ref(again))
     assert_refused(result, d, "version-reuse", first.digest, "new version number")
 
 
-def test_expired_statement(gate, layout, gate_keys, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_expired_statement(gate, gate_layout, gate_keys, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(image, gate_keys, expires="2026-01-01T00:00:00Z")
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "expiry", "expired at 2026-01-01")
     assert_nothing_materialised(gate, tmp_path)
-    fresh = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.2")
+    fresh = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2")
     sign_image(fresh, gate_keys, expires=expires_in(3600))
     assert gate("fetch", oci_ref(fresh))[0].code == 0
 
 
-def test_junk_signature_does_not_hide_the_real_reason(gate, layout, gate_keys, tmp_path):
+def test_junk_signature_does_not_hide_the_real_reason(gate, gate_layout, gate_keys, tmp_path):
     from signing.attach import attach
     from signing.statement import PREDICATE_TYPE
 
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
-    attach(layout, image.repository, image.descriptor, b'{"not": "a bundle"}', PREDICATE_TYPE)
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    attach(gate_layout, image.repository, image.descriptor, b'{"not": "a bundle"}', PREDICATE_TYPE)
     sign_image(image, gate_keys, expires="2026-01-01T00:00:00Z")
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "expiry")
@@ -254,8 +254,8 @@ def test_junk_signature_does_not_hide_the_real_reason(gate, layout, gate_keys, t
 
 # -- hostile layers (signed, so only rule 6 can refuse them) ----------------------------------------
 
-def _signed_with_layer(layout, keys, entries) -> str:
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1", extra_layers=[make_tar(entries)])
+def _signed_with_layer(gate_layout, keys, entries) -> str:
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1", extra_layers=[make_tar(entries)])
     sign_image(image, keys)
     return oci_ref(image)
 
@@ -276,15 +276,15 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_tar_entries(case, gate, layout, gate_keys, tmp_path):
+def test_hostile_tar_entries(case, gate, gate_layout, gate_keys, tmp_path):
     entries, words = HOSTILE[case]
-    result, d = gate("fetch", _signed_with_layer(layout, gate_keys, entries))
+    result, d = gate("fetch", _signed_with_layer(gate_layout, gate_keys, entries))
     assert_refused(result, d, "tar-entry", words, "tar entry")
     assert_nothing_materialised(gate, tmp_path)
     assert not Path("/tmp/pwned.py").exists()
 
 
-def test_symlink_chain_escape(gate, layout, gate_keys, tmp_path):
+def test_symlink_chain_escape(gate, gate_layout, gate_keys, tmp_path):
     """Each link looks inside on its own; together they would leave the tree."""
     entries = [
         (tar_entry(PREFIX + "dags/d1/", type_=tarfile.DIRTYPE, mode=0o755), b""),
@@ -293,27 +293,27 @@ def test_symlink_chain_escape(gate, layout, gate_keys, tmp_path):
         (tar_entry(PREFIX + "dags/l2", type_=tarfile.SYMTYPE, linkname="l1/.."), b""),
         (tar_entry(PREFIX + "dags/l2/escaped.py", b"x"), b"x"),
     ]
-    result, d = gate("fetch", _signed_with_layer(layout, gate_keys, entries))
+    result, d = gate("fetch", _signed_with_layer(gate_layout, gate_keys, entries))
     assert_refused(result, d, "tar-entry")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_gzip_bomb(gate, layout, gate_keys, tmp_path):
+def test_gzip_bomb(gate, gate_layout, gate_keys, tmp_path):
     zeros = make_tar([(tar_entry(PREFIX + "dags/bomb.bin", b"\0" * (48 << 20)), b"\0" * (48 << 20))])
     bomb = gzip_bytes(zeros)
     assert len(zeros) / len(bomb) > 200
     from registry.model import OCI_LAYER_GZIP
     from tests.fixtures.airflow import put_blob
 
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     # swap the dags layer for the bomb: a new manifest, signed (only the bomb itself is hostile)
     from registry.model import Manifest, encode
 
     m = image.content.parsed
-    layer = put_blob(layout, image.repository, bomb, OCI_LAYER_GZIP)
+    layer = put_blob(gate_layout, image.repository, bomb, OCI_LAYER_GZIP)
     content = encode(Manifest(schemaVersion=2, mediaType=OCI_MANIFEST, config=m.config,
                               layers=[m.layers[0], layer, m.layers[2]], annotations=m.annotations))
-    layout.put_manifest(image.repository, content, tag="bomb")
+    gate_layout.put_manifest(image.repository, content, tag="bomb")
     image.content, image.tag = content, "bomb"
     sign_image(image, gate_keys)
     result, d = gate("fetch", oci_ref(image))
@@ -321,24 +321,24 @@ def test_gzip_bomb(gate, layout, gate_keys, tmp_path):
     assert_nothing_materialised(gate, tmp_path)
 
 
-def _point_tag_at_blob(layout: LayoutStore, repository: str, tag: str, data: bytes) -> str:
+def _point_tag_at_blob(gate_layout: LayoutStore, repository: str, tag: str, data: bytes) -> str:
     """Store raw bytes as a blob and make `repository:tag` point at it (a hostile store)."""
     digest = sha256_digest(data)
-    path = layout.blob_path(digest)
+    path = gate_layout.blob_path(digest)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         fh.write(data)
-    index = json.loads((layout.root / "index.json").read_text())
+    index = json.loads((gate_layout.root / "index.json").read_text())
     index["manifests"].append({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(data),
                                "annotations": {ANN_REF_NAME: f"{repository}:{tag}"}})
-    (layout.root / "index.json").write_text(json.dumps(index))
-    return f"oci:{layout.root}:{repository}:{tag}"
+    (gate_layout.root / "index.json").write_text(json.dumps(index))
+    return f"oci:{gate_layout.root}:{repository}:{tag}"
 
 
-def test_100mb_manifest(gate, layout, tmp_path):
-    make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_100mb_manifest(gate, gate_layout, tmp_path):
+    make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     huge = b'{"schemaVersion":2,"annotations":{"x":"' + b"a" * (100 << 20) + b'"}}'
-    ref = _point_tag_at_blob(layout, f"{TEAM_A}/{BUNDLE_A}", "huge", huge)
+    ref = _point_tag_at_blob(gate_layout, f"{TEAM_A}/{BUNDLE_A}", "huge", huge)
     result, d = gate("fetch", ref)
     assert_refused(result, d, "manifest-format", "more than")
     assert_nothing_materialised(gate, tmp_path)
@@ -347,36 +347,36 @@ def test_100mb_manifest(gate, layout, tmp_path):
 @pytest.mark.parametrize("raw", [b'{"schemaVersion": 2, "layers": [', b"\xff\xfe not json",
                                  b'{"schemaVersion":2,"schemaVersion":2,"config":{},"layers":[]}', b"[1, 2, 3]",
                                  b'{"schemaVersion": 2, "config": {"digest": "sha256:zz", "size": -1}, "layers": []}'])
-def test_malformed_manifest_json(raw, gate, layout, tmp_path):
-    make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
-    ref = _point_tag_at_blob(layout, f"{TEAM_A}/{BUNDLE_A}", "bad", raw)
+def test_malformed_manifest_json(raw, gate, gate_layout, tmp_path):
+    make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    ref = _point_tag_at_blob(gate_layout, f"{TEAM_A}/{BUNDLE_A}", "bad", raw)
     result, d = gate("fetch", ref)
     assert_refused(result, d, "manifest-format")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_malformed_signature_bundle(gate, layout, tmp_path):
+def test_malformed_signature_bundle(gate, gate_layout, tmp_path):
     from signing.attach import attach
     from signing.statement import PREDICATE_TYPE
 
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
-    attach(layout, image.repository, image.descriptor, b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",',
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    attach(gate_layout, image.repository, image.descriptor, b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",',
            PREDICATE_TYPE)
     result, d = gate("fetch", oci_ref(image))
     assert_refused(result, d, "signature", "not valid JSON")
     assert_nothing_materialised(gate, tmp_path)
 
 
-def test_human_output_names_the_check(dagseal, gate_policy, layout, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_human_output_names_the_check(dagseal, gate_policy, gate_layout, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     result = dagseal("verify", oci_ref(image), "--team", TEAM_A, "--policy", gate_policy,
                      "--state-dir", tmp_path / "s")
     assert result.code == 3
     assert "refused [signature]" in result.stderr and "fix: sign the image" in result.stderr
 
 
-def test_bad_policy_and_team_are_bad_input(dagseal, gate_policy, layout, tmp_path):
-    image = make_image(layout, TEAM_A, BUNDLE_A, "2026.11.1")
+def test_bad_policy_and_team_are_bad_input(dagseal, gate_policy, gate_layout, tmp_path):
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 1, "org": "acme", "teams": {}, "extra": 1}')
     result = dagseal("verify", oci_ref(image), "--team", TEAM_A, "--policy", bad, "--json")
