@@ -1,4 +1,4 @@
-"""HTTP to one registry: a pooled `requests.Session` with bounded retries and the auth dance.
+"""HTTP to one registry: a urllib3 connection pool with bounded retries and the auth dance.
 
 This is the small extension layer over what oras-py 0.2.43 does (its session/auth flow is not
 used as is; each upstream gap is fixed here and named):
@@ -11,6 +11,10 @@ used as is; each upstream gap is fixed here and named):
 - errors name the registry's own error text (`errors[].code/message/detail`), so a user sees
   "UNAUTHORIZED: authentication required" or "MANIFEST_UNKNOWN", not a bare status code.
 
+urllib3 directly rather than requests: the start-time gate pulls registries too, and urllib3
+imports in about half the time. Redirects are followed with Authorization dropped on a change of
+host (urllib3's default), so a blob redirect to a storage backend never sees the registry token.
+
 Bodies must be bytes (or None) so a retry can resend them; streaming uploads are split into
 bounded chunks by the caller.
 """
@@ -19,19 +23,65 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
+from urllib.parse import urlencode
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import MaxRetryError, SSLError
 
 from registry.auth import Challenge, Credentials, describe_sources, parse_challenge
 from registry.errors import NotFound, StorageError
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-TIMEOUT = (10, 60)  # connect, read (a registry silent for a minute is failing)
+TIMEOUT = urllib3.Timeout(connect=10, read=60)  # a registry silent for a minute is failing
+# urllib3's own retries are off (ours below know which requests are safe to resend); redirects on
+ONE_TRY = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False)
+_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+class Response:
+    """What a request returns: status, headers, and the body (read at once, or `raw` to stream)."""
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, method: str, url: str, headers: dict[str, str], stream: bool):
+        self.raw = raw
+        self.method, self.url, self.request_headers = method, url, headers
+        self.status_code = raw.status
+        self.headers = raw.headers
+        self.reason = raw.reason or ""
+        self._stream = stream
+        self._content: bytes | None = None if stream else raw.data
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = self.raw.read()
+        return self._content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    @property
+    def next_link(self) -> str | None:
+        """The `Link: <url>; rel="next"` target of a paginated answer, if any."""
+        match = _LINK.search(self.headers.get("Link", ""))
+        return match.group(1) if match else None
+
+    def close(self) -> None:
+        """Give the connection back, or drop it when a streamed body was left unread."""
+        if self._stream and self._content is None:
+            if self.status_code >= 400:  # keep the (small) error text for messages
+                try:
+                    self._content = self.raw.read(65536)
+                except (Urllib3Error, OSError):
+                    self._content = b""
+            self.raw.close()
+        self.raw.release_conn()
 
 
 @dataclass(frozen=True)
@@ -51,7 +101,7 @@ class RetryPolicy:
         return min(self.cap, self.base * (2 ** attempt)) * (0.5 + random.random() / 2)
 
 
-def registry_error_text(resp: requests.Response) -> str:
+def registry_error_text(resp: Response) -> str:
     """The registry's own error text: `CODE: message (detail)` for each error, else the body."""
     try:
         doc = json.loads(resp.content[:65536] or b"{}")
@@ -84,17 +134,21 @@ class Transport:
     pool: int = 16
 
     def __post_init__(self) -> None:
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.pool)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = "dagseal (oras-py compatible)"
+        self.http = urllib3.PoolManager(num_pools=4, maxsize=self.pool, retries=ONE_TRY, timeout=TIMEOUT,
+                                        headers={"User-Agent": "dagseal"})
         self._tokens: dict[str, str] = {}  # scope -> bearer token
         self._basic = False  # the registry asked for basic auth
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.session.close()
+        self.http.clear()
+
+    def _send(self, method: str, url: str, headers: dict[str, str], data: bytes | None, params, stream: bool) -> Response:
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        all_headers = {"User-Agent": "dagseal", **headers}
+        raw = self.http.request(method, url, body=data, headers=all_headers, preload_content=not stream)
+        return Response(raw, method, url, all_headers, stream)
 
     # -- auth -----------------------------------------------------------------------------------
     def _auth_header(self, scope: str) -> str | None:
@@ -103,7 +157,7 @@ class Transport:
                 return self.credentials.basic_header()
             return self._tokens.get(scope)
 
-    def _authenticate(self, resp: requests.Response, scope: str) -> None:
+    def _authenticate(self, resp: Response, scope: str) -> None:
         """Answer a 401: remember basic auth, or fetch a bearer token for `scope` (fresh, always)."""
         header = resp.headers.get("WWW-Authenticate", "")
         challenge = parse_challenge(header) if header else Challenge("", {})
@@ -123,16 +177,19 @@ class Transport:
         params: list[tuple[str, str]] = [("scope", s) for s in scopes]
         if challenge.params.get("service"):
             params.insert(0, ("service", challenge.params["service"]))
+        if self.credentials and challenge.realm.startswith("http://") and self.base_url.startswith("https://"):
+            raise StorageError(f"{self.host} sends its token requests to plain-HTTP {challenge.realm}; "
+                               f"refusing to send credentials there", hint="fix the registry's token realm (https)")
         headers = {"Authorization": self.credentials.basic_header()} if self.credentials else {}
         try:
-            answer = self.session.get(challenge.realm, params=params, headers=headers, timeout=TIMEOUT)
-        except requests.RequestException as exc:
-            raise StorageError(f"token service {challenge.realm} for {self.host} is unreachable: {exc}") from None
+            answer = self._send("GET", challenge.realm, headers, None, params, False)
+        except (Urllib3Error, OSError) as exc:
+            raise StorageError(f"token service {challenge.realm} for {self.host} is unreachable: {_short(exc)}") from None
         if answer.status_code != 200:
             raise self._auth_error(answer, f"token service {challenge.realm} refused")
         try:
-            doc = answer.json()
-            token = doc.get("token") or doc.get("access_token")
+            doc = json.loads(answer.content)
+            token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         except ValueError:
             token = None
         if not token:
@@ -140,28 +197,27 @@ class Transport:
         with self._lock:
             self._tokens[scope] = "Bearer " + token
 
-    def _auth_error(self, resp: requests.Response, what: str) -> StorageError:
+    def _auth_error(self, resp: Response, what: str) -> StorageError:
         who = f"as {self.credentials.username!r}" if self.credentials else "anonymously (no credentials found)"
         text = registry_error_text(resp)
-        if not resp.content and resp.request is not None and resp.request.method == "HEAD":
+        if not resp.content and resp.method == "HEAD":
             text = self._error_text_of(resp) or text  # HEAD answers carry no body: ask for the text
         return StorageError(f"authentication to {self.host} failed {who}: {what}: {text}",
                             hint=f"check the credentials in {describe_sources(self.host)}")
 
-    def _error_text_of(self, resp: requests.Response) -> str | None:
+    def _error_text_of(self, resp: Response) -> str | None:
         """The registry's error text for a bodiless HEAD answer: the same request as a GET."""
         try:
-            again = self.session.get(resp.request.url, headers=dict(resp.request.headers), timeout=TIMEOUT, stream=True)
-            again.close() if again.status_code < 400 else None
+            again = self._send("GET", resp.url, dict(resp.request_headers), None, None, False)
             return registry_error_text(again) if again.status_code == resp.status_code and again.content else None
-        except requests.RequestException:
+        except (Urllib3Error, OSError):
             return None
 
     # -- requests -------------------------------------------------------------------------------
     def request(self, method: str, url: str, *, scope: str, ok: Iterable[int] = (200,),
                 headers: dict[str, str] | None = None, data: bytes | None = None,
                 params: dict | None = None, stream: bool = False, what: str = "",
-                retry: bool = True) -> requests.Response:
+                retry: bool = True) -> Response:
         """Send with retries and auth; return a response whose status is in `ok` or 404 (callers
         decide what a 404 means); anything else raises StorageError with the registry's text.
 
@@ -179,18 +235,16 @@ class Transport:
             if auth:
                 hdrs["Authorization"] = auth
             try:
-                resp = self.session.request(method, full, headers=hdrs, data=data, params=params,
-                                            stream=stream, timeout=TIMEOUT, allow_redirects=True)
-            except requests.exceptions.SSLError as exc:  # not transient: retrying cannot help
-                raise StorageError(f"{what or method + ' ' + full}: TLS with {self.host} failed: {_short(exc)}",
-                                   hint="if the registry speaks plain HTTP, pass --plain-http (loopback hosts use it "
-                                        "automatically); else fix its certificate") from None
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                attempt += 1
-                if attempt >= tries:
-                    raise StorageError(f"{what or method + ' ' + full}: registry {self.host} unreachable after "
-                                       f"{attempt} tries: {_short(exc)}", hint="check that the registry is up and reachable") from None
-                time.sleep(self.retry.delay(attempt))
+                resp = self._send(method, full, hdrs, data, params, stream)
+            except MaxRetryError as exc:
+                if isinstance(exc.reason, SSLError):  # not transient: retrying cannot help
+                    raise StorageError(f"{what or method + ' ' + full}: TLS with {self.host} failed: {_short(exc)}",
+                                       hint="if the registry speaks plain HTTP, pass --plain-http (loopback hosts use "
+                                            "it automatically); else fix its certificate") from None
+                attempt = self._backoff_or_raise(attempt, tries, exc, what or f"{method} {full}")
+                continue
+            except (Urllib3Error, OSError) as exc:
+                attempt = self._backoff_or_raise(attempt, tries, exc, what or f"{method} {full}")
                 continue
             if resp.status_code in ok or resp.status_code == 404:
                 return resp
@@ -213,15 +267,22 @@ class Transport:
             raise StorageError(f"{what or method + ' ' + full}: registry {self.host} answered {resp.status_code}: "
                                f"{registry_error_text(resp)}")
 
-    def not_found(self, resp: requests.Response, what: str, hint: str | None = None) -> NotFound:
+    def _backoff_or_raise(self, attempt: int, tries: int, exc: Exception, what: str) -> int:
+        attempt += 1
+        if attempt >= tries:
+            raise StorageError(f"{what}: registry {self.host} unreachable after {attempt} tries: {_short(exc)}",
+                               hint="check that the registry is up and reachable") from None
+        time.sleep(self.retry.delay(attempt))
+        return attempt
+
+    def not_found(self, resp: Response, what: str, hint: str | None = None) -> NotFound:
         return NotFound(f"{what}: registry {self.host} says {registry_error_text(resp)}", hint=hint)
 
 
 def _short(exc: Exception) -> str:
-    """The innermost reason of a requests/urllib3 error (not the whole wrapper chain)."""
-    inner = exc.args[0] if exc.args else None
-    reason = getattr(inner, "reason", None)
-    text = str(reason or inner or exc)
+    """The innermost reason of a urllib3 error (not the whole wrapper chain)."""
+    reason = getattr(exc, "reason", None)
+    text = str(reason or exc)
     if "Failed to establish a new connection:" in text:
         text = text.split("Failed to establish a new connection:", 1)[1].strip()
     return text if len(text) < 300 else text[:300] + "..."

@@ -256,7 +256,8 @@ class RemoteStore(Store):
                                      what=f"committing blob {desc.digest} to {repository}")
             resp.close()
             if resp.status_code == 404 and not self.has_blob(repository, desc, scope=_push(repository)):
-                raise self.http.not_found(resp, f"committing blob {desc.digest} to {self.host}/{repository}")
+                raise UploadLost(f"committing blob {desc.digest} to {self.host}/{repository}: the registry no longer "
+                                 f"knows the upload ({registry_error_text(resp)})", hint="retry the push; it restarts the blob")
         except StorageError:
             if self.has_blob(repository, desc, scope=_push(repository)):  # committed before the connection broke
                 return
@@ -276,7 +277,7 @@ class RemoteStore(Store):
             if resp.status_code == 404:
                 raise self.http.not_found(resp, f"manifest {where}",
                                           hint=f"check the repository and tag (tags: {self.host}/v2/{repository}/tags/list)")
-            data = resp.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+            data = resp.raw.read(MAX_MANIFEST_BYTES + 1)
             media_type = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
         finally:
             resp.close()
@@ -325,7 +326,7 @@ class RemoteStore(Store):
                 return []
             doc = load_json(resp.content, what=f"tag list of {self.host}/{repository}")
             out += [t for t in (doc.get("tags") or []) if isinstance(t, str)] if isinstance(doc, dict) else []
-            link = resp.links.get("next", {}).get("url")
+            link = resp.next_link
             if not link:
                 break
             url = urljoin(self.http.base_url + "/", link)

@@ -29,7 +29,7 @@ from registry.digest import hex_of, sha256_digest
 from registry.errors import Refused
 from registry.model import MAX_CONFIG_BYTES, Manifest, RawContent, load_json, parse_content
 from registry.store import Store
-from signing.safetar import Budget, LayerExtractor, TarLimits, make_read_only, remove_tree
+from signing.safetar import Budget, LayerExtractor, TarLimits, remove_tree
 
 TREE = "tree"
 MANIFEST = "manifest.json"
@@ -123,9 +123,8 @@ class Cache:
                 remove_tree(stale)  # a killed process's leftovers; never read
             tmp = self.root / f".tmp-{hex_of(digest)}-{os.getpid()}-{secrets.token_hex(4)}"
             try:
-                self._extract(store, repository, content, bundle, tmp)
+                self._extract(store, repository, content, bundle, tmp).seal()
                 (tmp / MANIFEST).write_bytes(content.raw)
-                make_read_only(tmp / TREE)
                 _syncfs(tmp)
                 remove_tree(self.entry_path(digest))  # an incomplete entry (tampered cache) is replaced
                 os.rename(tmp, self.entry_path(digest))
@@ -135,7 +134,7 @@ class Cache:
                 raise
         return Entry(self.entry_path(digest), digest, bundle), True
 
-    def _extract(self, store: Store, repository: str, content: RawContent, bundle: str, tmp: Path) -> None:
+    def _extract(self, store: Store, repository: str, content: RawContent, bundle: str, tmp: Path) -> LayerExtractor:
         manifest = content.parsed
         if not isinstance(manifest, Manifest):
             raise Refused(f"{content.digest} is an index, not an image manifest", check="manifest-format",
@@ -149,6 +148,7 @@ class Cache:
         if not (tmp / TREE / "dags").is_dir():
             raise Refused(f"image {content.digest} has no opt/airflow/bundles/{bundle}/dags folder",
                           check="bundle", hint="the image was not built by dagseal build for this bundle")
+        return extractor
 
 
 def _check_config(store: Store, repository: str, manifest: Manifest) -> None:

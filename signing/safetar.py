@@ -23,6 +23,7 @@ Modes are normalised (0644 / 0755 files, 0755 dirs) and owners are never applied
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import queue
@@ -207,12 +208,32 @@ def clean_name(name: str, what: str, limits: TarLimits) -> str:
     return "/".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
+def _sync_file_range():
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing the file to disk now (sync_file_range WRITE, non-blocking), so the one
+    syncfs before the commit finds little left to do."""
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE
+
+
 class _Writer:
     """Writes small files on a few threads: creating thousands of files is bound by the latency of
     open() on a busy filesystem, not by bytes. Memory stays bounded (at most `max_inflight` bytes
     queued); a path with a pending write is settled before anything else touches it."""
 
-    def __init__(self, workers: int = 8, max_inflight: int = 64 << 20):
+    def __init__(self, workers: int = 4, max_inflight: int = 64 << 20):
         self.workers = workers
         self.max_inflight = max_inflight
         self.pending: dict[str, object] = {}
@@ -242,6 +263,7 @@ class _Writer:
                 while view:
                     view = view[os.write(fd, view):]
                 os.fchmod(fd, mode)
+                _start_writeback(fd)
             finally:
                 os.close(fd)
         finally:
@@ -277,6 +299,19 @@ class _Writer:
 INLINE_MAX = 8 << 20  # files up to this size go through the writer threads; larger ones stream inline
 
 
+def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    """The member's bytes straight from the stream (tarfile's file object adds three layers of
+    Python per read); tarfile skips the padding when it reads the next header."""
+    stream = tar.fileobj
+    if stream is None or stream.tell() != m.offset_data:  # type: ignore[union-attr]
+        src = tar.extractfile(m)
+        return src.read() if src is not None else b""
+    data = stream.read(m.size)
+    if len(data) != m.size:
+        raise tarfile.ReadError(f"unexpected end of data in {m.name!r}")
+    return data
+
+
 class LayerExtractor:
     """Applies layers, in order, to `root` (the bundle tree); only names below `prefix` are written."""
 
@@ -290,6 +325,7 @@ class LayerExtractor:
         self.writer = _Writer()
         self.root_s = str(self.root)
         self._made: set[str] = set()
+        self._made_dirs: list[str] = []
         self._forget_dirs()
         if not os.listdir(self.root_s):
             self._fresh.add(self.root_s)
@@ -342,11 +378,21 @@ class LayerExtractor:
             if path.is_symlink() and not self._inside(os.path.realpath(path)):
                 raise _refuse(rel, "is a symlink that resolves outside the bundle tree", "image")
 
+    def seal(self) -> None:
+        """Make the tree read-only: files were created 0444/0555; folders become 0555 last."""
+        for d in sorted(set(self._made_dirs), reverse=True) + [self.root_s]:
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                continue  # removed by a later layer
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(d, 0o555)
+
     # -- entries ----------------------------------------------------------------------------------
     def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, what: str) -> None:
         name = clean_name(m.name, what, self.budget.limits)
         self.budget.add_entry(name)
-        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()) or m.issparse():
             raise _refuse(m.name, "is a device, FIFO or other special file", what)
         if m.mode & (stat.S_ISUID | stat.S_ISGID):
             raise _refuse(m.name, "has the setuid or setgid bit", what)
@@ -416,6 +462,7 @@ class LayerExtractor:
             except FileNotFoundError:
                 os.mkdir(cur, 0o755)
                 self._made.add(cur)
+                self._made_dirs.append(cur)
                 if not through_link:
                     self._dirs.add(cur)
                     self._fresh.add(cur)
@@ -462,18 +509,19 @@ class LayerExtractor:
             pass
         os.mkdir(dest, 0o755)
         self._made.add(dest)
+        self._made_dirs.append(dest)
         if os.path.dirname(dest) in self._dirs:
             self._dirs.add(dest)
             self._fresh.add(dest)
 
     def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, dest: str) -> None:
         self._clear(dest)
-        mode = 0o755 if m.mode & 0o111 else 0o644
-        src = tar.extractfile(m)
+        mode = 0o555 if m.mode & 0o111 else 0o444  # created read-only: the tree is immutable once committed
         self._made.add(dest)
         if m.size <= INLINE_MAX:
-            self.writer.submit(dest, src.read() if src is not None else b"", mode)
+            self.writer.submit(dest, _read_member(tar, m), mode)
             return
+        src = tar.extractfile(m)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "wb") as out:
             if src is not None:
@@ -512,16 +560,6 @@ class LayerExtractor:
         if victim in ("", ".", ".."):
             raise _refuse(rel, "is a malformed whiteout", what)
         self._clear(os.path.join(folder, victim))
-
-
-def make_read_only(root: Path) -> None:
-    """Files lose their write bits, folders become 0555: the cache entry is immutable after commit."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            if not os.path.islink(p):
-                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
-        os.chmod(dirpath, 0o555)
 
 
 def remove_tree(root: Path) -> None:

@@ -151,8 +151,10 @@ def test_modes_normalised_and_inside_links_kept(tmp_path):
                OCI_LAYER_TAR)
     ex.finish()
     t = tmp_path / "t"
-    assert os.stat(t / "bin" / "tool").st_mode & 0o777 == 0o755
-    assert os.stat(t / "dags" / "f.py").st_mode & 0o777 == 0o644
+    assert os.stat(t / "bin" / "tool").st_mode & 0o777 == 0o555  # created read-only, setuid never kept
+    assert os.stat(t / "dags" / "f.py").st_mode & 0o777 == 0o444
+    ex.seal()
+    assert os.stat(t / "dags").st_mode & 0o777 == 0o555 and os.stat(t).st_mode & 0o777 == 0o555
     assert os.readlink(t / "dags" / "link.py") == "f.py"
     assert os.stat(t / "dags" / "hard.py").st_ino == os.stat(t / "dags" / "f.py").st_ino
 

@@ -142,3 +142,24 @@ def test_https_to_a_plain_http_registry_fails_at_once_with_the_fix(registry_serv
         with pytest.raises(StorageError) as info:
             remote.tags("team_a/x")
     assert "TLS with" in info.value.message and "--plain-http" in info.value.hint
+
+
+def test_an_index_and_its_child_manifests_round_trip(registry_server, tmp_path):
+    from registry.model import OCI_INDEX, Index, Platform
+
+    src = LayoutStore(tmp_path / "src")
+    amd = make_image(src, "team_a/multi", None, [b"amd64 layer"])
+    arm = make_image(src, "team_a/multi", None, [b"arm64 layer"])
+    index = encode(Index(schemaVersion=2, mediaType=OCI_INDEX, manifests=[
+        amd.descriptor().model_copy(update={"platform": Platform(architecture="amd64", os="linux")}),
+        arm.descriptor().model_copy(update={"platform": Platform(architecture="arm64", os="linux")})]))
+    src.put_manifest("team_a/multi", index, tag="1")
+    with _remote(registry_server) as remote:
+        pushed = copy_image(src, "team_a/multi", "1", remote, "team_a/multi", "1")
+        assert pushed.digest == index.digest and pushed.blobs_copied == 3  # one config, two layers
+        got = remote.get("team_a/multi", "1")
+        assert got.media_type == OCI_INDEX and got.raw == index.raw
+        assert remote.get_manifest("team_a/multi", arm.digest).raw == arm.raw
+        back = LayoutStore(tmp_path / "back")
+        copy_image(remote, "team_a/multi", "1", back, "team_a/multi", "1")
+    assert back.get_manifest("team_a/multi", amd.digest).raw == amd.raw

@@ -135,3 +135,19 @@ def test_challenge_parsing_keeps_commas_inside_quoted_scopes():
     assert c.scheme == "bearer" and c.realm == "https://auth.example/token"
     assert c.params["scope"] == "repository:a/b:pull,push" and c.params["service"] == "reg"
     assert parse_challenge('Basic realm="Registry Realm"').scheme == "basic"
+
+
+def test_an_expired_token_is_refreshed_on_401(registry_factory):
+    import time
+
+    from registry.remote import RemoteStore
+
+    # distribution accepts tokens up to 60 s past `exp` (clock-skew leeway): a token that expired
+    # 58 s ago is accepted now and refused 2 s later, without waiting a minute
+    server = registry_factory("token", token_lifetime=-58)
+    with RemoteStore(server.host, plain_http=True, credentials=Credentials(server.username, server.password)) as remote:
+        assert remote.tags("team_a/expiry") == []
+        time.sleep(3.1)  # the cached token is now refused
+        assert remote.tags("team_a/expiry") == []
+    pulls = [s for s in server.token_server.issued if s == ["repository:team_a/expiry:pull"]]
+    assert len(pulls) == 2
