@@ -31,10 +31,12 @@ venv: uv
 
 # Real apache-airflow for the Airflow integration test, in its own environment (its dependency
 # tree is large and must not shape the tool's own).
+# Re-installs when pyproject.toml is newer than the stamp (new dependencies of the bundle class).
 airflow-env: uv
-	@test -x $(AIRFLOW_VENV)/bin/airflow || { \
-	  uv venv -q --python $(PYTHON) $(AIRFLOW_VENV) && \
-	  uv pip install -q --python $(AIRFLOW_VENV)/bin/python "apache-airflow==$(AIRFLOW_VERSION)" -e . ; }
+	@test -x $(AIRFLOW_VENV)/bin/python || uv venv -q --python $(PYTHON) $(AIRFLOW_VENV)
+	@test $(AIRFLOW_VENV)/.dagseal-stamp -nt pyproject.toml 2>/dev/null || { \
+	  uv pip install -q --python $(AIRFLOW_VENV)/bin/python "apache-airflow==$(AIRFLOW_VERSION)" -e . && \
+	  touch $(AIRFLOW_VENV)/.dagseal-stamp ; }
 
 demo: setup
 	@$(VENV)/bin/python -m bundler.demo

@@ -2,9 +2,11 @@
 
 Where credentials come from, first match wins:
 1. `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` (oras-py 0.2.43 ignores
-   DOCKER_CONFIG: upstream gap): `credHelpers[host]`, then `credsStore`, then `auths[host]`
-   (`auth` = base64 "user:password", or `username`/`password`; `identitytoken` is used as the
-   password of user `<token>`, which is what token services accept for refresh tokens);
+   DOCKER_CONFIG: upstream gap): `credHelpers[host]`, then `auths[host]` when it holds a secret
+   (`auth` = base64 "user:password", or `username`/`password`; `identitytoken` is sent as the
+   password of user `<token>`; the OAuth2 refresh-token grant is not implemented), then the
+   `credsStore` helper (docker leaves empty `auths` entries when one is set; a credsStore that is
+   not installed means anonymous access);
 2. AWS ECR hosts (`<account>.dkr.ecr.<region>.amazonaws.com`): a token from boto3's
    `ecr.get_authorization_token` (honours AWS_* variables, including AWS_ENDPOINT_URL).
 
@@ -169,7 +171,10 @@ def lookup_credentials(host: str) -> Credentials | None:
     if found:
         return found
     if config.get("credsStore"):
-        found = run_helper(str(config["credsStore"]), host)
+        try:
+            found = run_helper(str(config["credsStore"]), host)
+        except BadInput:  # a desktop default (e.g. "desktop") absent on CI: go on anonymously, like a
+            found = None  # registry that needs no login; a 401 then names where credentials are read
         if found:
             return found
     if ECR_HOST.match(host):

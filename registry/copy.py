@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from registry.errors import NotFound, Refused, StorageError
+from registry.errors import Refused
 from registry.model import Descriptor, Index, RawContent
 from registry.store import Store, iter_children
+from registry.streams import TransferInterrupted
 
 MAX_REFERRER_DEPTH = 8
 BLOB_TRIES = 2
@@ -86,9 +87,7 @@ class _Copier:
                 with self.src.open_blob(self.src_repo, desc) as stream:
                     self.dst.put_blob(self.dst_repo, desc, stream)
                 break
-            except (Refused, NotFound):
-                raise
-            except StorageError:  # an upload session lost mid-way: start the blob again once
+            except TransferInterrupted:  # cut off half-way (after the store's own retries): once more from the start
                 if attempt + 1 == BLOB_TRIES:
                     raise
         self._count(desc, "copied")

@@ -31,7 +31,7 @@ from registry.auth import Credentials, lookup_credentials
 from registry.digest import VerifyingReader, is_digest, parse_digest
 from registry.errors import Refused, StorageError
 from registry.http import RetryPolicy, Transport, registry_error_text
-from registry.streams import ErrorMappingReader
+from registry.streams import ErrorMappingReader, TransferInterrupted
 from registry.model import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -56,7 +56,7 @@ CHUNK_TRIES = 5
 RESTARTS = 2  # whole-blob restarts of a seekable stream after the registry dropped the upload
 
 
-class UploadLost(StorageError):
+class UploadLost(TransferInterrupted):
     """The registry no longer knows an upload session; the blob has to be sent from its start."""
 
 

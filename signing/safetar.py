@@ -12,13 +12,14 @@ below the bundle's prefix (`opt/airflow/bundles/<bundle>/`) and refuses, with
   a device);
 - setuid / setgid bits (privilege escalation of whoever runs the bundle's code).
 
-Entries outside the prefix (e.g. a base image's OS files) are not written, but their names are
-still checked, so a traversal anywhere in a layer refuses the image.
+Entries outside the prefix (a base image's OS files, which may legitimately hold setuid programs,
+device nodes and absolute symlinks) are never written to the host, but their names are still
+checked, so an absolute name or a traversal anywhere in a layer refuses the image.
 
 Resource limits (`Refused(check="tar-limits")`) stop decompression bombs and inode exhaustion:
 total uncompressed bytes, entry count, and the ratio of uncompressed to compressed bytes (checked
 continuously while streaming, so a bomb is stopped after `ratio_floor` bytes, not at its end).
-Modes are normalised (0644 / 0755 files, 0755 dirs) and owners are never applied.
+Files are created read-only (0444 / 0555), folders end 0555 (`seal`), owners are never applied.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class _Writer:
     open() on a busy filesystem, not by bytes. Memory stays bounded (at most `max_inflight` bytes
     queued); a path with a pending write is settled before anything else touches it."""
 
-    def __init__(self, workers: int = 4, max_inflight: int = 64 << 20):
+    def __init__(self, workers: int = 4, max_inflight: int = 32 << 20):
         self.workers = workers
         self.max_inflight = max_inflight
         self.pending: dict[str, object] = {}
@@ -392,14 +393,14 @@ class LayerExtractor:
     def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, what: str) -> None:
         name = clean_name(m.name, what, self.budget.limits)
         self.budget.add_entry(name)
+        if not (name + "/").startswith(self.prefix):
+            return  # outside the bundle (a base image's OS files): name checked, never written
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()) or m.issparse():
             raise _refuse(m.name, "is a device, FIFO or other special file", what)
         if m.mode & (stat.S_ISUID | stat.S_ISGID):
             raise _refuse(m.name, "has the setuid or setgid bit", what)
         if m.issym() or m.islnk():
             self._check_link_target(m, name, what)
-        if not (name + "/").startswith(self.prefix):
-            return  # outside the bundle (base image files): checked, not written
         rel = name[len(self.prefix):]
         if not rel:
             return

@@ -148,3 +148,38 @@ def test_offline_grace(dagseal, registry_factory, gate_keys, tmp_path):
     result = dagseal("fetch", never, "--team", TEAM_A, "--policy", graced, "--state-dir", state,
                      "--dest", tmp_path / "d4", "--json")
     assert result.code == 4 and "never verified online" in result.json_lines[0]["message"]
+
+
+# -- keyless (a private Sigstore instance on loopback, pinned trusted root in the policy) ----------
+
+def test_keyless_signed_bundle_with_pinned_trust_root(dagseal, gate_layout, gate_keys, sigstore_instance, trust_config,
+                                                      other_sigstore_instance, tmp_path):
+    from tests.fixtures.sigstore import KEYLESS_ISSUER, TEAM_A_IDENTITY, TEAM_B_IDENTITY
+
+    doc = policy_doc(gate_keys)
+    doc["teams"][TEAM_A]["signers"] = [{"kind": "keyless", "issuer": KEYLESS_ISSUER, "identity": TEAM_A_IDENTITY}]
+    doc["trusted_root"] = sigstore_instance.trusted_root()
+    policy = tmp_path / "keyless.json"
+    policy.write_text(json.dumps(doc))
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    signed = dagseal("sign", oci_ref(image), "--keyless", "--identity-token", sigstore_instance.mint_token(TEAM_A_IDENTITY),
+                     "--trust-config", trust_config, "--policy", policy, "--json")
+    assert signed.code == 0, signed.stdout + signed.stderr
+    state = tmp_path / "state"
+    result = dagseal("fetch", oci_ref(image), "--team", TEAM_A, "--policy", policy, "--state-dir", state,
+                     "--dest", tmp_path / "d", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.json_lines[0]["signer"] == TEAM_A_IDENTITY
+
+    # the same bundle is refused when the identity is not team_a's, or the root is another instance's
+    doc["teams"][TEAM_A]["signers"] = [{"kind": "keyless", "issuer": KEYLESS_ISSUER, "identity": TEAM_B_IDENTITY}]
+    policy.write_text(json.dumps(doc))
+    result = dagseal("verify", oci_ref(image, pinned=True), "--team", TEAM_A, "--policy", policy, "--state-dir", state,
+                     "--json")
+    assert result.code == 3 and result.json_lines[0]["check"] == "signature"
+    doc["teams"][TEAM_A]["signers"] = [{"kind": "keyless", "issuer": KEYLESS_ISSUER, "identity": TEAM_A_IDENTITY}]
+    doc["trusted_root"] = other_sigstore_instance.trusted_root()
+    policy.write_text(json.dumps(doc))
+    result = dagseal("verify", oci_ref(image, pinned=True), "--team", TEAM_A, "--policy", policy, "--state-dir", state,
+                     "--json")
+    assert result.code == 3 and result.json_lines[0]["check"] == "signature"

@@ -274,3 +274,20 @@ def test_concurrent_starts_share_one_download(gate_layout, gate_keys, gate_polic
     assert {d["path"] for d in decisions} == {str(state / "cache" / image.digest.split(":")[1] / "tree")}
     assert sorted(p.name for p in (state / "cache").iterdir() if not p.name.endswith(".lock")) == \
         [image.digest.split(":")[1]]
+
+
+def test_base_image_files_outside_the_bundle_are_checked_not_written(tmp_path):
+    """A Debian base layer holds setuid programs, device nodes and absolute symlinks: allowed,
+    because nothing outside the bundle prefix reaches the host; traversal is refused anywhere."""
+    base = make_tar([(tar_entry("usr/bin/passwd", b"elf", mode=0o4755), b"elf"),
+                     (tar_entry("dev/null", type_=tarfile.CHRTYPE), b""),
+                     (tar_entry("usr/bin/awk", type_=tarfile.SYMTYPE, linkname="/etc/alternatives/awk"), b""),
+                     (tar_entry("p/dags/a.py", b"1"), b"1")])
+    ex = LayerExtractor(tmp_path / "t", "p/", Budget())
+    ex.extract(io.BytesIO(base), OCI_LAYER_TAR)
+    ex.finish()
+    assert _snapshot(tmp_path / "t") == ["dags", "dags/a.py"]
+    evil = make_tar([(tar_entry("usr/../../etc/x", b"1"), b"1")])
+    with pytest.raises(Refused) as exc:
+        LayerExtractor(tmp_path / "u", "p/", Budget()).extract(io.BytesIO(evil), OCI_LAYER_TAR)
+    assert exc.value.check == "tar-entry" and "'..'" in exc.value.message

@@ -96,6 +96,9 @@ def test_missing_credential_helper_is_bad_input_naming_it(tmp_path, monkeypatch)
     with pytest.raises(BadInput) as info:
         lookup_credentials("reg.example")
     assert "docker-credential-nosuchhelper" in info.value.message
+    # a global credsStore that is not installed (a desktop default) means anonymous, not an error
+    _docker_config(tmp_path, monkeypatch, {"credsStore": "nosuchhelper"})
+    assert lookup_credentials("reg.example") is None
 
 
 def test_auths_entries_in_their_docker_forms(tmp_path, monkeypatch):
