@@ -10,8 +10,8 @@ Configured in `[dag_processor] dag_bundle_config_list`:
 Guards against the gap DESIGN.md describes: a GitDagBundle runs whatever it finds; this bundle
 runs nothing that `signing.gate.admit` did not accept for the entry's team (signature, signer,
 team, bundle, expiry, rollback, blob digests, safe extraction). Until a bundle is accepted its
-`path` is an empty, non-existent folder, so a refused bundle yields no DAGs, and the refusal is
-logged with its check and reason.
+`path` is a non-existent folder, so a refused bundle yields no DAGs, and the refusal is logged
+with its check and reason. A refused refresh keeps the version accepted before.
 
 The team: Airflow 3.3.2's DagBundlesManager reads the entry's `team_name` but does not pass it to
 the bundle class (it calls `bundle_class(name=, version=, **kwargs)`), so the bundle reads its own
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NoReturn
 
 from airflow.dag_processing.bundles.base import BaseDagBundle
 
@@ -120,8 +121,10 @@ class OciDagBundle(BaseDagBundle):
         log.info("dagseal accepted bundle %s for team %s: version %s digest %s signer %s", self.name, self.team,
                  admitted.verified.version, admitted.verified.digest, admitted.verified.signer)
 
-    def _refused(self, exc: Refused) -> None:
-        self._dags, self._digest = None, None
+    def _refused(self, exc: Refused) -> NoReturn:
+        """Log and raise. A refused refresh keeps serving the version accepted before (a moved
+        tag or a tampered push must not take a team's DAGs down); a refused first start serves
+        nothing."""
         log.error("dagseal REFUSED bundle %s (%s) for team %s: [%s] %s", self.name, self.ref, self.team,
                   exc.check, exc)
         raise exc

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from registry.store import Store
 from signing.safetar import Budget, LayerExtractor, TarLimits, remove_tree
 
 TREE = "tree"
+EARLY_FLUSH_BYTES = 16 << 20
 MANIFEST = "manifest.json"
 
 
@@ -141,10 +143,20 @@ class Cache:
                           hint="reference the platform's image manifest, not the index")
         _check_config(store, repository, manifest)
         extractor = LayerExtractor(tmp / TREE, bundle_prefix(bundle), Budget(self.limits))
-        for i, layer in enumerate(manifest.layers):
-            with store.open_blob(repository, layer) as stream:
-                extractor.extract(stream, layer.media_type, what=f"layer {i} ({layer.digest})")
-        extractor.finish()
+        flushes: list[threading.Thread] = []
+        try:
+            for i, layer in enumerate(manifest.layers):
+                with store.open_blob(repository, layer) as stream:
+                    extractor.extract(stream, layer.media_type, what=f"layer {i} ({layer.digest})")
+                if i < len(manifest.layers) - 1 and layer.size > EARLY_FLUSH_BYTES:
+                    # start flushing a big layer while the next ones extract; the final syncfs
+                    # (before the commit) then has little left to write
+                    flushes.append(threading.Thread(target=_syncfs, args=(tmp,), daemon=True))
+                    flushes[-1].start()
+            extractor.finish()
+        finally:
+            for thread in flushes:
+                thread.join()
         if not (tmp / TREE / "dags").is_dir():
             raise Refused(f"image {content.digest} has no opt/airflow/bundles/{bundle}/dags folder",
                           check="bundle", hint="the image was not built by dagseal build for this bundle")

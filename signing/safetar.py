@@ -24,7 +24,6 @@ Files are created read-only (0444 / 0555), folders end 0555 (`seal`), owners are
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 import queue
@@ -209,32 +208,12 @@ def clean_name(name: str, what: str, limits: TarLimits) -> str:
     return "/".join(parts)
 
 
-@functools.lru_cache(maxsize=1)
-def _sync_file_range():
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return fn
-
-
-def _start_writeback(fd: int) -> None:
-    """Start writing the file to disk now (sync_file_range WRITE, non-blocking), so the one
-    syncfs before the commit finds little left to do."""
-    fn = _sync_file_range()
-    if fn is not None:
-        fn(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE
-
-
 class _Writer:
     """Writes small files on a few threads: creating thousands of files is bound by the latency of
     open() on a busy filesystem, not by bytes. Memory stays bounded (at most `max_inflight` bytes
     queued); a path with a pending write is settled before anything else touches it."""
 
-    def __init__(self, workers: int = 4, max_inflight: int = 32 << 20):
+    def __init__(self, workers: int = 8, max_inflight: int = 32 << 20):
         self.workers = workers
         self.max_inflight = max_inflight
         self.pending: dict[str, object] = {}
@@ -264,7 +243,6 @@ class _Writer:
                 while view:
                     view = view[os.write(fd, view):]
                 os.fchmod(fd, mode)
-                _start_writeback(fd)
             finally:
                 os.close(fd)
         finally:

@@ -29,6 +29,25 @@ from tests.fixtures.airflow import (
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 
+REFRESH = textwrap.dedent('''
+    import json, sys
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from registry.layout import LayoutStore
+    name, root, repo, tag = sys.argv[1:5]
+    bundle = DagBundlesManager().get_bundle(name)
+    bundle.initialize()
+    before = [bundle.get_current_version(), str(bundle.path)]
+    store = LayoutStore(root)
+    store.put_manifest(repo, store.get(repo, "moved"), tag=tag)  # the tag moves to an unsigned image
+    try:
+        bundle.refresh()
+        check = None
+    except Exception as exc:
+        check = getattr(exc, "check", type(exc).__name__)
+    print(json.dumps({"before": before, "after": [bundle.get_current_version(), str(bundle.path)], "check": check}))
+''')
+
+
 def _airflow(python, env, *args, timeout=300) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(python), "-m", "airflow", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -58,7 +77,7 @@ def test_dag_processor_parses_verified_bundle_and_refuses_team_b(airflow_python,
     sign_image(team_a, gate_keys)
     team_b = make_image(gate_layout, TEAM_B, BUNDLE_B, "2026.11.1")
     sign_image(team_b, gate_keys, "team_b")
-    unsigned = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"u.py": b"# unsigned\n"})
+    unsigned = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2", dags={"u.py": b"# unsigned\n"}, tag="moved")
     config = [
         {"name": BUNDLE_A, "classpath": "signing.airflow.OciDagBundle",
          "kwargs": {"ref": oci_ref(team_a), "policy": str(gate_policy)}, "team_name": TEAM_A},
@@ -92,3 +111,13 @@ def test_dag_processor_parses_verified_bundle_and_refuses_team_b(airflow_python,
     assert seen[team_a.digest]["files"] == [f"{BUNDLE_A}_dag.py"]
     assert seen[team_a.digest]["path"].endswith("/tree/dags")
     assert seen[unsigned.digest] == {"refused": "signature", "exists": False}
+
+    # the DAG processor refreshes after the tag moved to an unsigned image: refused, and the
+    # version accepted before keeps being served
+    refresh = subprocess.run([str(airflow_python), "-c", REFRESH, BUNDLE_A, str(gate_layout.root), team_a.repository,
+                              team_a.tag], env=env, capture_output=True, text=True, timeout=300)
+    assert refresh.returncode == 0, refresh.stderr[-3000:]
+    seen = json.loads(refresh.stdout.splitlines()[-1])
+    assert seen["check"] == "signature"
+    assert seen["after"] == seen["before"] and seen["before"][0] == team_a.digest
+    assert "dagseal REFUSED bundle team_a_analytics" in refresh.stdout + refresh.stderr

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from registry.open import open_store
 from tests.fixtures.airflow import (
@@ -144,6 +143,14 @@ def test_offline_grace(dagseal, registry_factory, gate_keys, tmp_path):
     assert result.code == 0, result.stderr
     assert "OFFLINE" in result.stdout and "offline grace 3600s" in result.stderr
     assert (tmp_path / "d3" / "dags" / f"{BUNDLE_A}_dag.py").is_file()
+    # beyond the grace period: the last online verification is too old
+    record_path = state / "accepted" / TEAM_A / f"{BUNDLE_A}.json"
+    record = json.loads(record_path.read_text())
+    record["refs"][ref]["verified_at"] -= 7200
+    record_path.write_text(json.dumps(record))
+    result = dagseal("fetch", ref, "--team", TEAM_A, "--policy", graced, "--state-dir", state,
+                     "--dest", tmp_path / "d5", "--json")
+    assert result.code == 4 and "beyond the policy's offline grace of 3600s" in result.json_lines[0]["message"]
     never = ref.replace("2026.11.1", "2026.11.5")
     result = dagseal("fetch", never, "--team", TEAM_A, "--policy", graced, "--state-dir", state,
                      "--dest", tmp_path / "d4", "--json")
@@ -183,3 +190,28 @@ def test_keyless_signed_bundle_with_pinned_trust_root(dagseal, gate_layout, gate
     result = dagseal("verify", oci_ref(image, pinned=True), "--team", TEAM_A, "--policy", policy, "--state-dir", state,
                      "--json")
     assert result.code == 3 and result.json_lines[0]["check"] == "signature"
+
+
+def test_fetch_from_s3_after_copy_with_referrers(dagseal, gate_layout, gate_keys, gate_policy, s3_bucket, tmp_path):
+    """The verifier works against any Store: the signed image copied (with its signature) to S3."""
+    image = _signed(gate_layout, gate_keys)
+    dst = f"s3://{s3_bucket}/org:{image.repository}:{image.tag}"
+    copied = dagseal("copy", oci_ref(image), dst, "--json")
+    assert copied.code == 0, copied.stdout + copied.stderr
+    result = dagseal("fetch", dst, "--team", TEAM_A, "--policy", gate_policy, "--state-dir", tmp_path / "state",
+                     "--dest", tmp_path / "d", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.json_lines[0]["digest"] == image.digest
+    unsigned = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.3")
+    dst2 = f"s3://{s3_bucket}/org:{unsigned.repository}:{unsigned.tag}"
+    assert dagseal("copy", oci_ref(unsigned), dst2).code == 0
+    result = dagseal("fetch", dst2, "--team", TEAM_A, "--policy", gate_policy, "--state-dir", tmp_path / "state",
+                     "--dest", tmp_path / "d2", "--json")
+    assert result.code == 3 and result.json_lines[0]["check"] == "signature"
+
+
+def test_run_of_a_missing_command_is_bad_input(dagseal, gate_layout, gate_keys, gate_policy, tmp_path):
+    image = _signed(gate_layout, gate_keys)
+    result = dagseal("run", "--team", TEAM_A, "--policy", gate_policy, "--state-dir", tmp_path / "s", "--json",
+                     "--bundle", oci_ref(image), "--", "dagseal-no-such-command-xyz")
+    assert result.code == 2 and "cannot run 'dagseal-no-such-command-xyz'" in result.json_lines[-1]["message"]

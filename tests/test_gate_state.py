@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 
 import pytest
 
@@ -107,7 +106,7 @@ def test_concurrent_accepts_lose_nothing(tmp_path):
     for p in procs:
         p.join(60)
     record = HostState(tmp_path).load("team_a", "b")
-    succeeded = {v for (v, _d), p in zip(versions, procs) if p.exitcode == 0}
+    succeeded = {v for (v, _d), p in zip(versions, procs, strict=True) if p.exitcode == 0}
     # no lost update: every start that succeeded is recorded; the rest were refused as rollbacks
     assert set(record.versions) == succeeded
     assert record.newest_version == "1.5"

@@ -3,7 +3,6 @@ exit 3, and nothing is materialised (no cache entry, no --dest, no accepted-vers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -13,7 +12,7 @@ import pytest
 
 from registry.digest import sha256_digest
 from registry.layout import LayoutStore
-from registry.model import ANN_REF_NAME, ANN_TEAM, OCI_MANIFEST, canonical_json
+from registry.model import ANN_REF_NAME, ANN_TEAM, OCI_MANIFEST
 from tests.fixtures.airflow import (
     BUNDLE_A,
     BUNDLE_B,
@@ -383,3 +382,48 @@ def test_bad_policy_and_team_are_bad_input(dagseal, gate_policy, gate_layout, tm
     assert result.code == 2 and "extra" in result.stdout
     result = dagseal("verify", oci_ref(image), "--team", "team_zz", "--policy", gate_policy, "--json")
     assert result.code == 2 and "--team team_zz" in result.json_lines[0]["message"]
+
+
+def test_image_annotations_must_match_the_statement(gate, gate_layout, gate_keys, tmp_path):
+    from registry.model import ANN_BUNDLE, ANN_VERSION
+
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1", annotations={ANN_BUNDLE: "team_a_other"})
+    sign_image(image, gate_keys, bundle=BUNDLE_A)
+    result, d = gate("fetch", oci_ref(image))
+    assert_refused(result, d, "bundle", ANN_BUNDLE, "team_a_other")
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.2", annotations={ANN_VERSION: "9.9"}, tag="v")
+    sign_image(image, gate_keys, version="2026.11.2")
+    result, d = gate("fetch", oci_ref(image))
+    assert_refused(result, d, "bundle", "version annotation is '9.9'")
+    assert_nothing_materialised(gate, tmp_path)
+
+
+def test_signed_index_is_not_a_bundle_image(gate, gate_layout, gate_keys, tmp_path):
+    from registry.model import Index, encode
+    from tests.fixtures.airflow import Image
+
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    index = encode(Index(schemaVersion=2, manifests=[image.descriptor], annotations=image.content.parsed.annotations))
+    gate_layout.put_manifest(image.repository, index, tag="multi")
+    sign_image(Image(gate_layout, image.repository, index, "multi"), gate_keys)
+    result, d = gate("fetch", oci_ref(Image(gate_layout, image.repository, index, "multi")))
+    assert_refused(result, d, "manifest-format", "index, not an image manifest")
+    assert_nothing_materialised(gate, tmp_path)
+
+
+def test_keyless_signature_when_team_lists_only_keys(gate, gate_layout, gate_keys, sigstore_instance, trust_config,
+                                                     dagseal, tmp_path):
+    from tests.fixtures.airflow import policy_doc
+    from tests.fixtures.sigstore import KEYLESS_ISSUER, TEAM_A_IDENTITY
+
+    doc = policy_doc(gate_keys)
+    doc["teams"][TEAM_A]["signers"].append({"kind": "keyless", "issuer": KEYLESS_ISSUER, "identity": TEAM_A_IDENTITY})
+    signing_policy = tmp_path / "signing.json"
+    signing_policy.write_text(json.dumps(doc))
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    signed = dagseal("sign", oci_ref(image), "--keyless", "--identity-token", sigstore_instance.mint_token(TEAM_A_IDENTITY),
+                     "--trust-config", trust_config, "--policy", signing_policy, "--json")
+    assert signed.code == 0, signed.stdout
+    result, d = gate("fetch", oci_ref(image))  # the runtime policy lists team_a's key only
+    assert_refused(result, d, "signer", "no keyless identity for team team_a")
+    assert_nothing_materialised(gate, tmp_path)
