@@ -10,15 +10,14 @@ wrong size is treated as a miss.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from registry.model import Descriptor, canonical_json
 from bundler.layers import LayerFile
+from registry.fsutil import atomic_write
 
 FORMAT = 1  # bump when the layer writer changes what it writes
 
@@ -59,15 +58,5 @@ class LayerCache:
         blob = self.layers / f"{key}.layer"
         os.replace(layer.path, blob)
         record = canonical_json({"descriptor": layer.descriptor.to_json_dict(), "diff_id": layer.diff_id})
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(record)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.layers / f"{key}.json")
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.layers / f"{key}.json", record, tmp_dir=self.tmp_dir)
         return LayerFile(blob, layer.descriptor, layer.diff_id)

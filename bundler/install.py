@@ -25,6 +25,7 @@ import subprocess
 from pathlib import Path
 
 from registry.errors import BadInput, ToolError
+from registry.fsutil import atomic_write
 
 from bundler.lock import PYTHON_PLATFORMS as UV_PLATFORMS  # the lock and the install must agree
 
@@ -112,7 +113,4 @@ def _fix_records(target: Path, fixed: dict[str, bytes], removed: set[str]) -> No
 
 def replace_file(path: Path, data: bytes) -> None:
     """Write a new file in place of `path` (never through it: it may be a hard link into uv's cache)."""
-    tmp = path.with_name(f".{path.name}.dagseal-tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=path.stat().st_mode & 0o777, durable=False)

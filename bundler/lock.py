@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 
 from bundler.specs import Bundle, Organisation
 from registry.errors import BadInput, StorageError, ToolError
+from registry.fsutil import atomic_write as write_atomic
 
 INPUTS_PREFIX = "# dagseal-lock-inputs: "
 PYTHON_PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_28", "linux/arm64": "aarch64-manylinux_2_28"}
@@ -197,21 +198,6 @@ def _header(org: Organisation, bundle: Bundle, digest: str) -> str:
             f"# Refresh with: dagseal lock --team {bundle.team} --bundle {bundle.name}\n"
             f"# python {o.python}; platforms {', '.join(sorted(o.platforms))}; binary wheels only, hash-pinned.\n"
             f"{INPUTS_PREFIX}{digest}\n")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and a rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- reading

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from filelock import FileLock
 
 from registry.digest import CHUNK, VerifyingReader, hex_of, is_digest, parse_digest
 from registry.errors import BadInput, NotFound, Refused, StorageError
+from registry.fsutil import atomic_write
 from registry.model import (
     ANN_REF_NAME,
     OCI_INDEX,
@@ -40,14 +40,6 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 def ref_name(repository: str, tag: str) -> str:
     return f"{repository}:{tag}" if repository else tag
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LayoutStore(Store):
@@ -71,28 +63,14 @@ class LayoutStore(Store):
             raise NotFound(f"{self.root} is not an OCI image layout")
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / TMP_NAME).mkdir(exist_ok=True)
-        self._atomic_write(self.root / "index.json", canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}),
-                           only_if_missing=True)
-        self._atomic_write(self.root / "oci-layout", LAYOUT_FILE, only_if_missing=True)
+        with FileLock(str(self.root / TMP_NAME / LOCK_NAME)):  # two first writers must not clobber an index
+            if not (self.root / "index.json").exists():
+                self._write_index([])
+            if not (self.root / "oci-layout").exists():
+                self._atomic_write(self.root / "oci-layout", LAYOUT_FILE)
 
-    def _atomic_write(self, path: Path, data: bytes, *, only_if_missing: bool = False) -> None:
-        (self.root / TMP_NAME).mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root / TMP_NAME)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            if only_if_missing and path.exists():
-                os.unlink(tmp)
-                return
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        atomic_write(path, data, tmp_dir=self.root / TMP_NAME)
 
     def _lock(self) -> FileLock:
         self._ensure()

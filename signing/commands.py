@@ -235,15 +235,6 @@ def policy(args: argparse.Namespace, out: Output) -> int:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
+    from registry.fsutil import atomic_write
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path.absolute(), data)

@@ -7,11 +7,11 @@ DAGSEAL_KEY_PASSWORD (or COSIGN_PASSWORD) is set.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 from registry.errors import BadInput
+from registry.fsutil import atomic_write
 from signing.dsse import Envelope
 from signing.sigbundle import build_key_bundle, key_id_of
 from signing.signers.base import Signer, SignerIdentity
@@ -28,19 +28,7 @@ def _password() -> bytes | None:
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data, mode=mode)  # the temp file is 0600 from creation
 
 
 def generate_keypair(prefix: str | Path, *, force: bool = False) -> tuple[Path, Path, str]:
