@@ -37,9 +37,14 @@ def _transfer(args: argparse.Namespace, out: Output) -> int:
     src, dst = parse_reference(args.src), parse_reference(args.dst)
     reference, dst_repo, dst_tag = _names(src, dst)
     with open_store(src, plain_http=args.plain_http, create=False) as src_store, \
-            open_store(dst, plain_http=args.plain_http) as dst_store:
+            open_store(dst, plain_http=args.plain_http) as dst_store, out.progress() as bar:
+        task = bar.add_task(f"{args.command} {dst}", total=None)
+
+        def advance(desc, how: str) -> None:  # called from the transfer threads, once per blob
+            bar.update(task, description=f"{args.command} {dst}: {desc.digest[7:19]} {how}")
+
         result = copy_image(src_store, src.repository, reference, dst_store, dst_repo, dst_tag,
-                            referrers=not args.no_referrers, jobs=args.jobs)
+                            referrers=not args.no_referrers, jobs=args.jobs, progress=advance)
     if dst.digest and dst.digest != result.digest:
         raise BadInput(f"destination {dst} pins {dst.digest} but the source is {result.digest}",
                        hint="drop the digest from DST or pin the same one")
