@@ -8,9 +8,7 @@ Parsing treats input as hostile: size-capped, strict JSON, digests and sizes val
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Any, Callable, ClassVar, Union
 
 from registry.digest import is_digest, sha256_digest
 from registry.errors import Refused
@@ -50,56 +48,246 @@ ANN_SPEC_DIGEST = "io.dagseal.spec.digest"
 ANN_LOCK_DIGEST = "io.dagseal.lock.digest"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+class ModelError(ValueError):
+    """Content that does not fit the model: `loc` is the path to the bad field (aliases, list indexes)."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str):
+        super().__init__(f"{'.'.join(str(p) for p in loc)}: {msg}")
+        self.loc, self.msg = loc, msg
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The first (and only) error, in the shape pydantic's ValidationError.errors() has."""
+        return [{"loc": self.loc, "msg": self.msg}]
+
+
+Check = Callable[[Any, tuple], Any]  # (value, loc) -> validated value, or raise ModelError
+
+
+def _str(v: Any, loc: tuple) -> str:
+    if not isinstance(v, str):
+        raise ModelError(loc, "Input should be a valid string")
+    return v
+
+
+def _size(v: Any, loc: tuple) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ModelError(loc, "Input should be a valid integer")
+    if v < 0:
+        raise ModelError(loc, "Input should be greater than or equal to 0")
+    return v
+
+
+def _digest(v: Any, loc: tuple) -> str:
+    if not is_digest(_str(v, loc)):
+        raise ModelError(loc, f"Value error, {v!r} is not a sha256 digest")
+    return v
+
+
+def _schema_version(v: Any, loc: tuple) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v != 2:
+        raise ModelError(loc, "Input should be 2")
+    return v
+
+
+def _dict(v: Any, loc: tuple) -> dict:
+    if not isinstance(v, dict):
+        raise ModelError(loc, "Input should be a valid dictionary")
+    return v
+
+
+def _str_dict(v: Any, loc: tuple) -> dict[str, str]:
+    for key, value in _dict(v, loc).items():
+        _str(key, loc + (key,))
+        _str(value, loc + (key,))
+    return v
+
+
+def _optional(check: Check) -> Check:
+    return lambda v, loc: None if v is None else check(v, loc)
+
+
+def _list(check: Check) -> Check:
+    def validate(v: Any, loc: tuple) -> list:
+        if not isinstance(v, list):
+            raise ModelError(loc, "Input should be a valid list")
+        return [check(item, loc + (i,)) for i, item in enumerate(v)]
+    return validate
+
+
+def _model(name: str) -> Check:
+    """A nested model, named lazily (classes below refer to each other)."""
+    def validate(v: Any, loc: tuple) -> Any:
+        return globals()[name]._validate(v, loc)
+    return validate
+
+
+def _bytes(v: Any, loc: tuple) -> bytes:
+    if not isinstance(v, bytes):
+        raise ModelError(loc, "Input should be a valid bytes")
+    return v
+
+
+def _content(v: Any, loc: tuple) -> "Manifest | Index":
+    if not isinstance(v, (Manifest, Index)):
+        raise ModelError(loc, "Input should be a Manifest or an Index")
+    return v
+
+
+_REQUIRED = object()
+
+
+class _Field:
+    __slots__ = ("name", "alias", "check", "default")
+
+    def __init__(self, name: str, check: Check, default: Any = _REQUIRED, alias: str | None = None):
+        self.name, self.check, self.default, self.alias = name, check, default, alias or name
+
+
+class _Model:
+    """A frozen record validated field by field (a small, import-cheap stand-in for pydantic).
+
+    Guards against hostile content: wrong types, negative sizes, malformed digests are refused with
+    the path of the field; unknown keys are ignored; nothing is coerced (no "5" for 5, no True for 1).
+    Accepts field names or their JSON aliases, like the pydantic models it replaces.
+    """
+
+    _fields: ClassVar[tuple[_Field, ...]] = ()
+
+    def __init__(self, **data: Any):
+        self._fill(data, ())
+
+    def _fill(self, data: dict, loc: tuple) -> None:
+        for f in self._fields:
+            if f.alias in data:
+                value = f.check(data[f.alias], loc + (f.alias,))
+            elif f.name in data:
+                value = f.check(data[f.name], loc + (f.alias,))
+            elif f.default is _REQUIRED:
+                raise ModelError(loc + (f.alias,), "Field required")
+            else:
+                value = f.default() if callable(f.default) else f.default
+            object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def _validate(cls, obj: Any, loc: tuple) -> Any:
+        if isinstance(obj, cls):
+            return obj
+        if not isinstance(obj, dict):
+            raise ModelError(loc, f"Input should be a valid dictionary or instance of {cls.__name__}")
+        new = cls.__new__(cls)
+        new._fill(obj, loc)
+        return new
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Any:
+        return cls._validate(obj, ())
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
+        """A copy with `update` (by field name) applied, without validation, as pydantic does."""
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(update or {})
+        return new
+
+    def model_dump(self, *, by_alias: bool = False, exclude_none: bool = False, mode: str = "python") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in self._fields:
+            value = getattr(self, f.name)
+            if value is None and exclude_none:
+                continue
+            out[f.alias if by_alias else f.name] = _dump(value, by_alias, exclude_none, mode)
+        return out
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError(f"{self.__class__.__name__} is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.__dict__ == self.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, canonical_json(_dump(self, True, False, "json"))))
+
+    def __repr__(self) -> str:
+        body = " ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self._fields)
+        return f"{self.__class__.__name__}({body})"
+
+
+def _dump(value: Any, by_alias: bool, exclude_none: bool, mode: str) -> Any:
+    if isinstance(value, _Model):
+        return value.model_dump(by_alias=by_alias, exclude_none=exclude_none, mode=mode)
+    if isinstance(value, list):
+        return [_dump(v, by_alias, exclude_none, mode) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v, by_alias, exclude_none, mode) for k, v in value.items()}
+    return value
 
 
 class Platform(_Model):
     architecture: str
     os: str
-    variant: str | None = None
+    variant: str | None
+    _fields = (_Field("architecture", _str), _Field("os", _str), _Field("variant", _optional(_str), None))
 
 
 class Descriptor(_Model):
-    media_type: str = Field(alias="mediaType")
+    media_type: str
     digest: str
-    size: Annotated[int, Field(ge=0)]
-    annotations: dict[str, str] | None = None
-    artifact_type: str | None = Field(default=None, alias="artifactType")
-    platform: Platform | None = None
-    urls: list[str] | None = None
-
-    @field_validator("digest")
-    @classmethod
-    def _digest(cls, v: str) -> str:
-        if not is_digest(v):
-            raise ValueError(f"{v!r} is not a sha256 digest")
-        return v
+    size: int
+    annotations: dict[str, str] | None
+    artifact_type: str | None
+    platform: Platform | None
+    urls: list[str] | None
+    _fields = (
+        _Field("media_type", _str, alias="mediaType"),
+        _Field("digest", _digest),
+        _Field("size", _size),
+        _Field("annotations", _optional(_str_dict), None),
+        _Field("artifact_type", _optional(_str), None, alias="artifactType"),
+        _Field("platform", _optional(_model("Platform")), None),
+        _Field("urls", _optional(_list(_str)), None),
+    )
 
     def with_annotations(self, annotations: dict[str, str] | None) -> "Descriptor":
         return self.model_copy(update={"annotations": annotations or None})
 
 
 class Manifest(_Model):
-    schema_version: Literal[2] = Field(alias="schemaVersion")
-    media_type: str = Field(default=OCI_MANIFEST, alias="mediaType")
-    artifact_type: str | None = Field(default=None, alias="artifactType")
+    schema_version: int
+    media_type: str
+    artifact_type: str | None
     config: Descriptor
     layers: list[Descriptor]
-    subject: Descriptor | None = None
-    annotations: dict[str, str] | None = None
+    subject: Descriptor | None
+    annotations: dict[str, str] | None
+    _fields = (
+        _Field("schema_version", _schema_version, alias="schemaVersion"),
+        _Field("media_type", _str, OCI_MANIFEST, alias="mediaType"),
+        _Field("artifact_type", _optional(_str), None, alias="artifactType"),
+        _Field("config", _model("Descriptor")),
+        _Field("layers", _list(_model("Descriptor"))),
+        _Field("subject", _optional(_model("Descriptor")), None),
+        _Field("annotations", _optional(_str_dict), None),
+    )
 
 
 class Index(_Model):
-    schema_version: Literal[2] = Field(alias="schemaVersion")
-    media_type: str = Field(default=OCI_INDEX, alias="mediaType")
-    artifact_type: str | None = Field(default=None, alias="artifactType")
+    schema_version: int
+    media_type: str
+    artifact_type: str | None
     manifests: list[Descriptor]
-    subject: Descriptor | None = None
-    annotations: dict[str, str] | None = None
+    subject: Descriptor | None
+    annotations: dict[str, str] | None
+    _fields = (
+        _Field("schema_version", _schema_version, alias="schemaVersion"),
+        _Field("media_type", _str, OCI_INDEX, alias="mediaType"),
+        _Field("artifact_type", _optional(_str), None, alias="artifactType"),
+        _Field("manifests", _list(_model("Descriptor"))),
+        _Field("subject", _optional(_model("Descriptor")), None),
+        _Field("annotations", _optional(_str_dict), None),
+    )
 
 
 class RawContent(_Model):
@@ -108,6 +296,7 @@ class RawContent(_Model):
     raw: bytes
     media_type: str
     parsed: Union[Manifest, Index]
+    _fields = (_Field("raw", _bytes), _Field("media_type", _str), _Field("parsed", _content))
 
     @property
     def digest(self) -> str:
@@ -147,6 +336,8 @@ def load_json(data: bytes, *, what: str, limit: int = MAX_MANIFEST_BYTES) -> Any
         return json.loads(data, object_pairs_hook=_reject_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(f"{what} is not valid JSON: {exc}", check="manifest-format") from None
+    except RecursionError:  # `[[[[...` a few thousand deep: not a ValueError, would be a traceback
+        raise Refused(f"{what} nests too deeply to be a dagseal document", check="manifest-format") from None
 
 
 def parse_content(data: bytes, *, media_type: str | None = None, what: str = "manifest") -> RawContent:
@@ -167,7 +358,7 @@ def parse_content(data: bytes, *, media_type: str | None = None, what: str = "ma
             parsed = Manifest.model_validate({**doc, "mediaType": declared})
         else:
             raise Refused(f"{what} has unsupported mediaType {declared!r}", check="manifest-format")
-    except ValidationError as exc:
+    except ModelError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise Refused(f"{what} is malformed at {loc}: {first['msg']}", check="manifest-format") from None
@@ -177,9 +368,17 @@ def parse_content(data: bytes, *, media_type: str | None = None, what: str = "ma
 class ImageConfig(_Model):
     """The parts of an OCI image config dagseal reads and writes."""
 
-    architecture: str = "amd64"
-    os: str = "linux"
-    created: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
-    rootfs: dict[str, Any] = Field(default_factory=lambda: {"type": "layers", "diff_ids": []})
-    history: list[dict[str, Any]] | None = None
+    architecture: str
+    os: str
+    created: str | None
+    config: dict[str, Any]
+    rootfs: dict[str, Any]
+    history: list[dict[str, Any]] | None
+    _fields = (
+        _Field("architecture", _str, "amd64"),
+        _Field("os", _str, "linux"),
+        _Field("created", _optional(_str), None),
+        _Field("config", _dict, dict),
+        _Field("rootfs", _dict, lambda: {"type": "layers", "diff_ids": []}),
+        _Field("history", _optional(_list(_dict)), None),
+    )

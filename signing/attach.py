@@ -60,10 +60,12 @@ def find_bundles(store: Store, repository: str, subject_digest: str,
     1 MiB or with a wrong digest raises Refused (the store is serving tampered content).
     """
     found: list[tuple[Descriptor, bytes]] = []
-    descs = store.referrers(repository, subject_digest, artifact_type=SIGSTORE_BUNDLE)[:MAX_REFERRERS]
-    for desc in descs:
-        if predicate_type and (desc.annotations or {}).get(ANN_PREDICATE_TYPE, predicate_type) != predicate_type:
-            continue
+    descs = [d for d in store.referrers(repository, subject_digest, artifact_type=SIGSTORE_BUNDLE)
+             if not predicate_type or (d.annotations or {}).get(ANN_PREDICATE_TYPE, predicate_type) == predicate_type]
+    # the cap bounds the work a hostile store can cause; it applies after the cheap filter (so
+    # attestations do not crowd out signatures) and keeps the newest (a fallback index lists
+    # referrers in the order they were attached; re-signing with --expires appends)
+    for desc in descs[-MAX_REFERRERS:]:
         try:
             content = store.get_manifest(repository, desc.digest)
         except NotFound:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -176,6 +177,10 @@ def _offline(ref: Reference, opts: Options, exc: StorageError, notes: list[str])
                            "to start offline", hint="restore access to the registry") from None
     _bundle, rec = found
     age = time.time() - rec.verified_at
+    if age < -60:  # recorded in the future (clock stepped back, or a tampered record): no grace from it
+        raise StorageError(f"{exc.message}; {ref} was last verified online at a time {-age:.0f}s in the future of "
+                           "this host's clock, so its age is unknown", hint="restore access to the registry and "
+                           "check the host's clock") from None
     if age > grace:
         raise StorageError(f"{exc.message}; {ref} was last verified online {age:.0f}s ago, beyond the policy's "
                            f"offline grace of {grace}s", hint="restore access to the registry") from None
@@ -210,8 +215,10 @@ def _verify(content: "RawContent", store: _LazyStore, ref: Reference, opts: Opti
         raise Refused(f"no cached signature for {content.digest} and the registry is unreachable",
                       check="signature", hint="restore access to the registry")
     from signing.attach import find_bundles
+    from signing.statement import PREDICATE_TYPE
 
-    found = [bundle_json for _desc, bundle_json in find_bundles(store.get(), ref.repository, content.digest)]
+    found = [bundle_json for _desc, bundle_json in find_bundles(store.get(), ref.repository, content.digest,
+                                                                predicate_type=PREDICATE_TYPE)]
     return verify_statements(content, found, opts.policy, opts.team, expected)
 
 
@@ -293,11 +300,16 @@ def link_dest(dest: str, target: os.PathLike) -> None:
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise BadInput(f"--dest {dest}: folder {parent} does not exist", hint="create it first")
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(os.path.abspath(target), tmp)
-    os.replace(tmp, path)
+    # an unpredictable temp name: a planted file or folder there cannot make the swap fail
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+    try:
+        os.symlink(os.path.abspath(target), tmp)
+        os.replace(tmp, path)  # rename(2) never replaces a folder that appeared meanwhile (EISDIR)
+    except OSError as exc:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise BadInput(f"--dest {dest}: cannot point it at the verified tree {target}: {exc.strerror}",
+                       hint="pass a path in a folder this user can write") from None
 
 
 _ENV_NAME = re.compile(r"[^A-Za-z0-9]")
@@ -307,9 +319,14 @@ def bundle_env(admitted: list[Admitted], base: dict[str, str]) -> dict[str, str]
     """DAGSEAL_BUNDLE_<NAME>_PATH = each dags folder; PYTHONPATH prepended with each site-packages."""
     env = dict(base)
     paths = []
+    owners: dict[str, str] = {}
     for a in admitted:
         assert a.entry is not None
         name = _ENV_NAME.sub("_", a.verified.bundle).upper()
+        if owners.setdefault(name, a.verified.bundle) != a.verified.bundle:
+            # "team_a-x" and "team_a_x" would share one variable: the command would load the wrong tree
+            raise BadInput(f"bundles {owners[name]} and {a.verified.bundle} would both be exported as "
+                           f"DAGSEAL_BUNDLE_{name}_PATH", hint="run them in separate `dagseal run` commands")
         env[f"DAGSEAL_BUNDLE_{name}_PATH"] = str(a.entry.dags)
         env[f"DAGSEAL_BUNDLE_{name}_DIGEST"] = a.verified.digest
         if a.entry.site_packages.is_dir():

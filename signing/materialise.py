@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,10 @@ class Cache:
         if sha256_digest(raw) != digest:
             raise Refused(f"cached manifest in {path} does not hash to {digest}: the cache was tampered with",
                           check="blob-digest", hint=f"delete {path}; the next start materialises it again")
-        if not (path / TREE).is_dir():
+        _check_ours(path)
+        if not os.path.lexists(path / TREE):
             return None
+        _check_ours(path / TREE)
         return Entry(path, digest, bundle), parse_content(raw, what=f"cached manifest {digest}")
 
     def materialise(self, store: Store, repository: str, content: RawContent, bundle: str) -> tuple[Entry, bool]:
@@ -127,6 +130,7 @@ class Cache:
             try:
                 self._extract(store, repository, content, bundle, tmp).seal()
                 (tmp / MANIFEST).write_bytes(content.raw)
+                os.chmod(tmp, 0o555)  # sealed like its tree, whatever the umask (see _check_ours)
                 _syncfs(tmp)
                 remove_tree(self.entry_path(digest))  # an incomplete entry (tampered cache) is replaced
                 os.rename(tmp, self.entry_path(digest))
@@ -141,13 +145,14 @@ class Cache:
         if not isinstance(manifest, Manifest):
             raise Refused(f"{content.digest} is an index, not an image manifest", check="manifest-format",
                           hint="reference the platform's image manifest, not the index")
-        _check_config(store, repository, manifest)
+        diff_ids = _check_config(store, repository, manifest)
         extractor = LayerExtractor(tmp / TREE, bundle_prefix(bundle), Budget(self.limits))
         flushes: list[threading.Thread] = []
         try:
             for i, layer in enumerate(manifest.layers):
                 with store.open_blob(repository, layer) as stream:
-                    extractor.extract(stream, layer.media_type, what=f"layer {i} ({layer.digest})")
+                    diff_id = extractor.extract(stream, layer.media_type, what=f"layer {i} ({layer.digest})")
+                _check_diff_id(i, layer.digest, diff_id, diff_ids[i])
                 if i < len(manifest.layers) - 1 and layer.size > EARLY_FLUSH_BYTES:
                     # start flushing a big layer while the next ones extract; the final syncfs
                     # (before the commit) then has little left to write
@@ -163,8 +168,24 @@ class Cache:
         return extractor
 
 
-def _check_config(store: Store, repository: str, manifest: Manifest) -> None:
-    """Rule 6 for the config blob: read it through the verifying stream (bounded) and parse it."""
+def _check_ours(path: Path) -> None:
+    """Stops a tree planted by another local user: the manifest bytes are public, so a folder named
+    after the digest holding them proves nothing about the tree beside it. A cache entry counts
+    only if it is a real folder owned by this user and writable by nobody else."""
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        return
+    why = ("is not a folder" if not stat.S_ISDIR(st.st_mode) else
+           f"is owned by uid {st.st_uid}, not by this user ({os.geteuid()})" if st.st_uid != os.geteuid() else
+           f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
+    raise Refused(f"cache entry {path} {why}: it may have been planted, so its files are not used", check="cache",
+                  hint=f"delete {path} and keep the state dir writable only by the user running dagseal")
+
+
+def _check_config(store: Store, repository: str, manifest: Manifest) -> list[str]:
+    """Rule 6 for the config blob: read it through the verifying stream (bounded), parse it, and
+    return its diff_ids, one per layer (a config that lists other layers describes another image
+    than the one dagseal extracts: docker or containerd would run something else)."""
     desc = manifest.config
     if desc.size > MAX_CONFIG_BYTES:
         raise Refused(f"image config is {desc.size} bytes, more than {MAX_CONFIG_BYTES}", check="manifest-format")
@@ -173,4 +194,19 @@ def _check_config(store: Store, repository: str, manifest: Manifest) -> None:
         while chunk := stream.read(desc.size + 1 - len(data)):
             data += chunk
         stream.read()
-    load_json(data, what=f"image config {desc.digest}", limit=MAX_CONFIG_BYTES)
+    config = load_json(data, what=f"image config {desc.digest}", limit=MAX_CONFIG_BYTES)
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if (not isinstance(diff_ids, list) or len(diff_ids) != len(manifest.layers)
+            or not all(isinstance(d, str) for d in diff_ids)):
+        found = f"{len(diff_ids)} diff_ids" if isinstance(diff_ids, list) else "no rootfs.diff_ids list"
+        raise Refused(f"image config {desc.digest} has {found} for {len(manifest.layers)} layers",
+                      check="manifest-format", hint="rebuild the image with dagseal build")
+    return diff_ids
+
+
+def _check_diff_id(i: int, layer_digest: str, got: str, expected: str) -> None:
+    """Stops a config that lies about a layer's uncompressed content (rule 6)."""
+    if got != expected:
+        raise Refused(f"layer {i} ({layer_digest}) unpacks to {got}, but the image config's diff_ids[{i}] says "
+                      f"{expected}", check="blob-digest", hint="rebuild the image with dagseal build")

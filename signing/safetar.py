@@ -24,6 +24,7 @@ Files are created read-only (0444 / 0555), folders end 0555 (`seal`), owners are
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import queue
@@ -106,9 +107,11 @@ class _Bounded:
         self.budget = budget
         self.what = what
         self.out = 0
+        self.hash = hashlib.sha256()  # the layer's diff_id, checked against the image config
 
     def read(self, n: int = -1) -> bytes:
         data = self.inner.read(n if n and n > 0 else CHUNK)
+        self.hash.update(data)
         self.out += len(data)
         self.budget.add_bytes(len(data))
         limits = self.budget.limits
@@ -174,6 +177,25 @@ class _Prefetch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+MAX_HEADER_BYTES = 1 << 20
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Stops memory exhaustion through tar metadata: tarfile reads a PAX extended header or a GNU
+    long name/link record into memory whole, whatever size its header claims (a 200 MiB PAX record
+    cost 400 MiB of RSS, and 200x compression makes that cheap to send). Such records above
+    MAX_HEADER_BYTES are refused before tarfile reads them."""
+
+    def _proc_member(self, tarfile_):  # type: ignore[override]
+        if self.type in _META_TYPES and self.size > MAX_HEADER_BYTES:
+            raise Refused(f"tar metadata record {self.name!r} (type {self.type!r}) is {self.size} bytes, more than "
+                          f"the {MAX_HEADER_BYTES} allowed", check="tar-limits",
+                          hint="the layer was not made by dagseal build; do not run it")
+        return super()._proc_member(tarfile_)
 
 
 def _decompressor(media_type: str, counting: _Counting) -> BinaryIO:
@@ -310,13 +332,15 @@ class LayerExtractor:
             self._fresh.add(self.root_s)
 
     # -- one layer --------------------------------------------------------------------------------
-    def extract(self, stream: BinaryIO, media_type: str, what: str = "layer") -> None:
+    def extract(self, stream: BinaryIO, media_type: str, what: str = "layer") -> str:
+        """Apply one layer; returns its diff_id (sha256 of the whole uncompressed tar stream)."""
         counting = _Counting(stream)
         prefetch: _Prefetch | None = None
         try:
             bounded = _Bounded(_decompressor(media_type, counting), counting, self.budget, what)
             prefetch = _Prefetch(bounded)
-            with tarfile.open(fileobj=prefetch, mode="r|", bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=prefetch, mode="r|", bufsize=TAR_BUFSIZE,  # type: ignore[call-overload]
+                              tarinfo=_BoundedTarInfo) as tar:
                 for member in tar:
                     self._member(tar, member, what)
             while prefetch.read(CHUNK):  # to EOF, so the verifying reader checks the digest
@@ -325,6 +349,7 @@ class LayerExtractor:
             while counting.read(CHUNK):
                 pass
             self.writer.drain()
+            return "sha256:" + bounded.hash.hexdigest()
         except BaseException as exc:
             if prefetch is not None:
                 prefetch.close()
@@ -542,12 +567,27 @@ class LayerExtractor:
 
 
 def remove_tree(root: Path) -> None:
-    """Delete a (possibly read-only) tree, e.g. a half-written temp folder of a killed process."""
-    if not os.path.lexists(root):
+    """Delete a (possibly read-only) tree, e.g. a half-written temp folder of a killed process.
+
+    A symlink or file at `root` is unlinked, never followed, and folders are made writable through
+    O_NOFOLLOW descriptors: a link planted in the cache (`cache/<hex>` -> /etc) must not make
+    dagseal chmod or delete anything outside the cache."""
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
         return
-    for dirpath, _dirs, _files in os.walk(root):
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(root)
+        return
+    for dirpath, _dirs, _files in os.walk(root):  # followlinks=False: nested links are not entered
         try:
-            os.chmod(dirpath, 0o755)
+            fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            os.fchmod(fd, 0o755)
         except OSError:
             pass
+        finally:
+            os.close(fd)
     shutil.rmtree(root, ignore_errors=True)

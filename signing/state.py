@@ -87,13 +87,43 @@ class BundleRecord:
 
     @classmethod
     def from_json(cls, data: bytes, team: str, bundle: str) -> "BundleRecord":
+        """Parse a record; a field of the wrong type is a ValueError (a tampered record must fail
+        closed, never crash the gate or silently reset the rollback memory)."""
         doc = json.loads(data)
         refs = {k: RefRecord(digest=v["digest"], verified_at=float(v["verified_at"])) for k, v in doc.get("refs", {}).items()}
-        return cls(team=team, bundle=bundle, newest_version=doc.get("newest_version"),
-                   newest_digest=doc.get("newest_digest"), versions=dict(doc.get("versions", {})), refs=refs)
+        record = cls(team=team, bundle=bundle, newest_version=doc.get("newest_version"),
+                     newest_digest=doc.get("newest_digest"), versions=dict(doc.get("versions", {})), refs=refs)
+        _check_types(record)
+        return record
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
+
+
+def _check_types(record: BundleRecord) -> None:
+    for name in ("newest_version", "newest_digest"):
+        if not isinstance(getattr(record, name), (str, type(None))):
+            raise ValueError(f"{name} is not a string")
+    if not isinstance(record.versions, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in record.versions.items()):
+        raise ValueError("versions is not an object of version -> digest strings")
+    if not all(isinstance(r.digest, str) for r in record.refs.values()):
+        raise ValueError("refs holds a digest that is not a string")
+
+
+def _recorded(record: BundleRecord, version) -> dict[str, str]:
+    """Every digest recorded for a version PEP 440-equal to `version` ("1.0", "1.0.0" and "v1.0"
+    are one version: a string lookup would let the same version name a second image)."""
+    from packaging.version import InvalidVersion, Version
+
+    out = {}
+    for text, digest in record.versions.items():
+        try:
+            if Version(text) == version:
+                out[text] = digest
+        except InvalidVersion:
+            continue
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,22 +168,28 @@ class HostState:
                            hint=f"delete {path} (the next start re-verifies and re-creates it)")
         try:
             return BundleRecord.from_json(data, team, bundle)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise BadInput(f"state file {path} is corrupt: {exc}",
                            hint=f"delete {path} (you lose the rollback memory of {bundle}) or restore it") from None
 
     def check_freshness(self, record: BundleRecord, cand: Freshness) -> None:
-        """Rule 5: no version reuse; no rollback unless pinned by digest and explicitly allowed."""
-        known = record.versions.get(cand.version)
-        if known is not None and known != cand.digest:
-            raise Refused(f"{record.bundle} version {cand.version} was already accepted on this host as {known}; "
+        """Rule 5: no version reuse (PEP 440 equality, not string equality); no version older than the
+        newest accepted one unless pinned by digest and either explicitly allowed or already accepted
+        here before (an Airflow worker running the DAG version a run started with). A tag moved back to
+        an older image accepted before is a rollback like any other."""
+        version = _version_key(cand.version)  # before anything is recorded: "latest" must never become newest
+        recorded = _recorded(record, version)
+        reused = next(((t, d) for t, d in recorded.items() if d != cand.digest), None)
+        if reused is not None:
+            same = "" if reused[0] == cand.version else f" (the same PEP 440 version as {reused[0]})"
+            raise Refused(f"{record.bundle} version {cand.version}{same} was already accepted on this host as {reused[1]}; "
                           f"{cand.digest} reuses that version for other content", check="version-reuse",
                           hint="publish a new version number; a version must always name the same image")
-        if record.newest_version is None or known == cand.digest:
+        if record.newest_version is None:
             return
-        if _version_key(cand.version) < _version_key(record.newest_version):
-            if cand.pinned_by_digest and cand.allow_downgrade:
-                return
+        if version < _version_key(record.newest_version):
+            if cand.pinned_by_digest and (cand.allow_downgrade or cand.digest in recorded.values()):
+                return  # asked for by digest: the registry cannot substitute it (a tag moved back can)
             how = ("pass the reference pinned by digest (REF@sha256:...) together with --allow-downgrade"
                    if not cand.pinned_by_digest else "add --allow-downgrade to accept an older version on purpose")
             raise Refused(f"{record.bundle} version {cand.version} is older than {record.newest_version}, "

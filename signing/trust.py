@@ -56,9 +56,12 @@ class KeylessSignerEntry(_Strict):
 SignerEntry = Annotated[Union[KeySignerEntry, KeylessSignerEntry], Field(discriminator="kind")]
 
 
+BUNDLE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"  # as bundler.specs: bundle names become paths and env names
+
+
 class TeamPolicy(_Strict):
     signers: list[SignerEntry] = Field(min_length=1)
-    bundles: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+    bundles: list[Annotated[str, StringConstraints(pattern=BUNDLE_PATTERN)]] = Field(default_factory=list)
 
 
 class TrustPolicy(_Strict):

@@ -8,7 +8,8 @@ pinned trust root; fetching and the rollback memory live in `signing.gate` and `
 
 Check names: signature, signer, subject, predicate-type, statement, team, bundle, expiry, rollback,
 version-reuse (signing.state), blob-digest, manifest-format, tar-entry, tar-limits
-(registry.digest, registry.model, signing.safetar).
+(registry.digest, registry.model, signing.safetar, signing.materialise), cache (a cache entry this
+user does not own, signing.materialise).
 """
 
 from __future__ import annotations
