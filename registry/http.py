@@ -117,7 +117,7 @@ def registry_error_text(resp: Response) -> str:
                     text += f" ({json.dumps(detail)[:200]})"
                 parts.append(text)
             return "; ".join(parts)
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):  # hostile bodies: `[[[[...`
         pass
     body = resp.text.strip()[:300] if resp.content else ""
     return f"HTTP {resp.status_code} {resp.reason}" + (f": {body}" if body else "")
@@ -190,7 +190,7 @@ class Transport:
         try:
             doc = json.loads(answer.content)
             token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile token service's `[[[[...`
             token = None
         if not token:
             raise StorageError(f"token service {challenge.realm} for {self.host} answered without a token")

@@ -14,9 +14,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from registry.digest import CHUNK, VerifyingReader, hex_of, is_digest, parse_digest
 from registry.errors import BadInput, NotFound, Refused, StorageError
@@ -31,6 +29,9 @@ from registry.model import (
     parse_content,
 )
 from registry.store import Store, iter_children
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 LOCK_NAME = ".dagseal.lock"
@@ -63,6 +64,8 @@ class LayoutStore(Store):
             raise NotFound(f"{self.root} is not an OCI image layout")
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / TMP_NAME).mkdir(exist_ok=True)
+        from filelock import FileLock  # lazily: ~10 ms of import that a read-only open never needs
+
         with FileLock(str(self.root / TMP_NAME / LOCK_NAME)):  # two first writers must not clobber an index
             if not (self.root / "index.json").exists():
                 self._write_index([])
@@ -73,6 +76,8 @@ class LayoutStore(Store):
         atomic_write(path, data, tmp_dir=self.root / TMP_NAME)
 
     def _lock(self) -> FileLock:
+        from filelock import FileLock
+
         self._ensure()
         return FileLock(str(self.root / TMP_NAME / LOCK_NAME))
 

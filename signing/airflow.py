@@ -207,5 +207,5 @@ class OciDagBundle(BaseDagBundle):
         nothing."""
         check = exc.check if isinstance(exc, Refused) else type(exc).__name__
         log.error("dagseal REFUSED bundle %s (%s) for team %s: [%s] %s", self.name,
-                  f"{self.ref}@{self.version}" if self.version else self.ref, self.team, check, exc)
+                  f"{self.ref}@{self.version}" if self.version else self.ref, self.team or "<none>", check, exc)
         raise exc

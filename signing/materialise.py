@@ -113,14 +113,14 @@ class Cache:
     def materialise(self, store: Store, repository: str, content: RawContent, bundle: str) -> tuple[Entry, bool]:
         """The entry of `content`, extracting it once (under the per-digest lock) if absent;
         the flag says whether this call extracted it (False: another start already had)."""
-        from filelock import FileLock
+        from signing.state import file_lock
 
         digest = content.digest
         found = self.lookup(digest, bundle)
         if found:
             return found[0], False
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f".{hex_of(digest)}.lock")):
+        with file_lock(self.root / f".{hex_of(digest)}.lock"):
             found = self.lookup(digest, bundle)
             if found:
                 return found[0], False

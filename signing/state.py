@@ -22,12 +22,14 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from registry.digest import hex_of
 from registry import fsutil
-from registry.errors import BadInput, Refused
+from registry.errors import BadInput, Refused, StorageError
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,99}$")
 MAX_RECORD_BYTES = 4 * 1024 * 1024
@@ -64,6 +66,26 @@ def _version_key(version: str):
     except InvalidVersion:
         raise Refused(f"version {version!r} is not a PEP 440 version", check="statement",
                       hint="bundle versions must be PEP 440 (CalVer like 2026.11.1 recommended)") from None
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path`. filelock opens it with O_NOFOLLOW, so a symlink planted there
+    cannot make dagseal truncate its target; the ELOOP (or EACCES) it then raises becomes a
+    storage failure naming the file instead of a traceback."""
+    from filelock import FileLock
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise StorageError(f"cannot lock {path}: {exc.strerror or exc}",
+                           hint=f"remove {path} (it is not a lock dagseal made) and keep the state dir private "
+                                "to the user running dagseal") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -147,11 +169,9 @@ class HostState:
         return self.root / "accepted" / _safe_name(team, "team") / f"{_safe_name(bundle, 'bundle')}.json"
 
     def lock(self, team: str, bundle: str):
-        from filelock import FileLock
-
         path = self.record_path(team, bundle).with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(path))
+        return file_lock(path)
 
     def cache_root(self) -> Path:
         return self.root / "cache"

@@ -382,9 +382,8 @@ def test_offline_grace_is_not_extended_by_a_resolution_recorded_in_the_future(da
                                                                                tmp_path):
     """Before: a last online verification dated in the future (clock stepped back, tampered record)
     gave a negative age, which is always within the grace: offline starts for ever."""
-    from tests.fixtures.airflow import policy_doc
-
     from registry.open import open_store
+    from tests.fixtures.airflow import policy_doc
 
     server = registry_factory()
     store = open_store(server.ref(f"{TEAM_A}/{BUNDLE_A}"))
@@ -475,3 +474,116 @@ def test_file_planted_at_the_entry_path_is_replaced_not_a_traceback(gate, gate_l
     cache.mkdir(parents=True)
     (cache / image.digest.split(":")[1]).write_text("junk")
     accepted(*gate("fetch", oci_ref(image)))
+
+
+# -- a hostile registry's error and token answers ------------------------------------------------------
+
+class _HostileRegistry:
+    """A registry on loopback that answers every request with deeply nested JSON: as an error
+    body (404) or, behind a bearer challenge, as the token service's answer."""
+
+    def __init__(self, mode: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        deep = b"[" * 60_000 + b"]" * 60_000
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.startswith("/token"):
+                    return self._answer(200, deep)
+                if mode == "token":
+                    realm = f"http://127.0.0.1:{outer.port}/token"
+                    return self._answer(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="r"'})
+                return self._answer(404, b'{"errors":' + deep + b"}")
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["error-body", "token"])
+def test_deeply_nested_registry_answers_are_clean_failures(mode, dagseal, gate_policy, tmp_path):
+    """Before: json.loads of a registry's error body or token answer raised RecursionError: the
+    gate died with a traceback (exit 1) instead of a storage failure naming the registry."""
+    registry = _HostileRegistry(mode)
+    try:
+        result = dagseal("fetch", f"127.0.0.1:{registry.port}/{TEAM_A}/{BUNDLE_A}:2026.11.1", "--team", TEAM_A,
+                         "--policy", gate_policy, "--state-dir", tmp_path / "state", "--dest", tmp_path / "d",
+                         "--json")
+    finally:
+        registry.close()
+    assert result.code == 4, result.stdout + result.stderr
+    assert f"127.0.0.1:{registry.port}" in result.json_lines[-1]["message"]
+    assert not os.path.lexists(tmp_path / "d")
+
+
+@pytest.mark.parametrize("which", ["cache", "state"])
+def test_symlink_planted_at_a_lock_file_is_a_storage_failure(which, gate, gate_layout, gate_keys, tmp_path):
+    """A lock path planted as a symlink (to a file the attacker wants truncated) is never followed,
+    and the gate says which file is wrong (before: a traceback, exit 1)."""
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
+    sign_image(image, gate_keys)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    if which == "cache":
+        lock = gate.state / "cache" / f".{image.digest.split(':')[1]}.lock"
+    else:
+        lock = gate.state / "accepted" / TEAM_A / f"{BUNDLE_A}.lock"
+    lock.parent.mkdir(parents=True)
+    os.symlink(victim, lock)
+    result, _ = gate("fetch", oci_ref(image))
+    assert result.code == 4, result.stdout + result.stderr
+    assert str(lock) in result.json_lines[-1]["message"]
+    assert victim.read_text() == "precious"
+    assert not (gate.state / "accepted" / TEAM_A / f"{BUNDLE_A}.json").exists()
+
+
+def test_a_full_disk_while_materialising_is_a_storage_failure(gate_layout, gate_keys, gate_policy, tmp_path):
+    """Before: ENOSPC/EFBIG from the extractor escaped as a traceback (exit 1). Here the kernel's
+    file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes writing the 2 MiB file fail with EFBIG,
+    as a full disk would with ENOSPC; nothing half-written is left in the cache."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    big = os.urandom(2 << 20)
+    image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1", dags={"big.py": big})
+    sign_image(image, gate_keys)
+    state = tmp_path / "state"
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "bundler.cli", "fetch", oci_ref(image), "--team", TEAM_A,
+                           "--policy", str(gate_policy), "--state-dir", str(state), "--dest", str(tmp_path / "d"),
+                           "--json"], cwd=root, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    line = json.loads(proc.stdout.splitlines()[-1])
+    assert "cannot materialise" in line["message"] and str(state / "cache") in line["message"]
+    assert [p.name for p in (state / "cache").iterdir() if not p.name.endswith(".lock")] == []
+    assert not os.path.lexists(tmp_path / "d")
