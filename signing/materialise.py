@@ -20,6 +20,7 @@ bundle.json). The cache never vouches for a signature: every start re-verifies (
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import secrets
 import stat
@@ -28,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.digest import hex_of, sha256_digest
-from registry.errors import Refused
+from registry.errors import Refused, StorageError
 from registry.model import MAX_CONFIG_BYTES, Manifest, RawContent, load_json, parse_content
 from registry.store import Store
 from signing.safetar import Budget, LayerExtractor, TarLimits, remove_tree
 
 TREE = "tree"
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit: storage failures
 EARLY_FLUSH_BYTES = 16 << 20
 MANIFEST = "manifest.json"
 
@@ -135,8 +137,12 @@ class Cache:
                 remove_tree(self.entry_path(digest))  # an incomplete entry (tampered cache) is replaced
                 os.rename(tmp, self.entry_path(digest))
                 _fsync_dir(self.root)
-            except BaseException:
+            except BaseException as exc:
                 remove_tree(tmp)
+                if isinstance(exc, OSError) and exc.errno in _FULL:
+                    raise StorageError(f"cannot materialise {digest} into {self.root}: {exc.strerror}",
+                                       hint="free space in the state dir (or raise its quota / file-size limit); "
+                                            "nothing was half-written") from None
                 raise
         return Entry(self.entry_path(digest), digest, bundle), True
 

@@ -581,7 +581,8 @@ def test_a_full_disk_while_materialising_is_a_storage_failure(gate_layout, gate_
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "bundler.cli", "fetch", oci_ref(image), "--team", TEAM_A,
                            "--policy", str(gate_policy), "--state-dir", str(state), "--dest", str(tmp_path / "d"),
-                           "--json"], cwd=root, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+                           "--json"], check=False, cwd=root, capture_output=True, text=True, preexec_fn=limit,
+                          timeout=120)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     line = json.loads(proc.stdout.splitlines()[-1])
     assert "cannot materialise" in line["message"] and str(state / "cache") in line["message"]
