@@ -27,7 +27,7 @@ uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q --disable-pip-version-check 'uv>=0.13,<0.14'
 
 venv: uv
-	@uv sync -q --locked --extra test
+	@uv sync -q --locked --extra test --python $(PYTHON)
 
 # Real apache-airflow for the Airflow integration test, in its own environment (its dependency
 # tree is large and must not shape the tool's own).
