@@ -49,7 +49,7 @@ SCRATCH = BaseImage(name="scratch")
 MAX_BASE_LAYERS = 127  # overlayfs and most runtimes stop well before this
 
 
-def load_base(org, bundle, *, plain_http: bool = False) -> BaseImage:
+def load_base(org, bundle, *, plain_http: bool = False, platform: str | None = None) -> BaseImage:
     """The base a bundle names: `scratch`, `oci:DIR:name` / `oci:DIR@digest` (DIR relative to the
     repository root, the parent of the specs folder), or a registry reference pinned by digest.
 
@@ -73,7 +73,7 @@ def load_base(org, bundle, *, plain_http: bool = False) -> BaseImage:
     except NotFound as exc:
         raise BadInput(f"{where}: base {name!r} was not found: {exc.message}",
                        hint="build or copy the base image there first, or fix the reference") from None
-    platform = org.org.org.platforms[0]
+    platform = platform or org.org.org.platforms[0]
     content = _pick_platform(store, ref.repository, content, platform, where)
     manifest = content.parsed
     config = _read_config(store, ref.repository, manifest.config, where)

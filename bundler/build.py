@@ -12,8 +12,12 @@ image of a bundle"). Guards against:
 - wasted work: layers are cached by what they are made of (`bundler.cache`), blobs the destination
   already has are skipped, the dependency and DAG layers are built in parallel.
 
-Only the first of the org's platforms is built (one image manifest, no index); a warning says so
-when the org lists several.
+Platforms: an org with one platform gets one image manifest (the tag points at it). An org with
+several gets, per platform, its own dependency layer (uv installs the lock for that platform), the
+shared DAG layer, a metadata layer naming the platform, a config with that os/architecture and a
+manifest with the dagseal annotations; then an OCI image index listing those manifests with their
+`platform`, carrying the same annotations. The tag points at the index (what `dagseal sign` signs);
+the children are stored by digest before it, so no tag ever names a missing child.
 """
 
 from __future__ import annotations
@@ -47,9 +51,12 @@ from registry.model import (
     ANN_TEAM,
     ANN_VERSION,
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
+    Index,
     Manifest,
+    Platform,
     RawContent,
     canonical_json,
     encode,
@@ -105,8 +112,13 @@ class BuildResult:
     ref: str
     digest: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"team": self.team, "bundle": self.bundle, "ref": self.ref, "digest": self.digest}
+    platforms: dict[str, str] | None = None  # several platforms: platform -> child manifest digest
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"team": self.team, "bundle": self.bundle, "ref": self.ref, "digest": self.digest}
+        if self.platforms:
+            out["platforms"] = dict(self.platforms)
+        return out
 
 
 def source_date_epoch() -> int:
@@ -171,21 +183,27 @@ def locked_packages(requirements: str) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def plan_bundle(org: Organisation, bundle: Bundle, opts: BuildOptions, out: Output) -> Plan:
-    """Everything a build needs, checked before anything is written: source, lock, base (with the
-    team's OS packages installed by `bundler.environment` when the spec lists system_packages)."""
+def plan_bundle(org: Organisation, bundle: Bundle, opts: BuildOptions, out: Output) -> list[Plan]:
+    """Everything a build needs, checked before anything is written: source, lock, and per org
+    platform a base (with the team's OS packages installed by `bundler.environment` when the spec
+    lists system_packages). One plan per platform, in the org's order."""
     if not bundle.source_dir.is_dir():
         raise BadInput(f"{bundle.path}: bundle.source: folder {bundle.source_dir} does not exist",
                        hint="create it or fix the path in the spec")
     lock = read_lock(org, bundle)
-    base = load_base(org, bundle, plain_http=opts.plain_http)
+    return [Plan(bundle, lock, _platform_base(org, bundle, platform, opts, out), platform, org.org.org.python)
+            for platform in org.org.org.platforms]
+
+
+def _platform_base(org: Organisation, bundle: Bundle, platform: str, opts: BuildOptions, out: Output) -> BaseImage:
+    base = load_base(org, bundle, plain_http=opts.plain_http, platform=platform)
     if bundle.spec.system_packages:
         from bundler.environment import build_environment
 
         assert opts.cache_dir is not None
         base = build_environment(base, list(bundle.spec.system_packages), cache_dir=opts.cache_dir, out=out,
                                  spec=bundle.path)
-    return Plan(bundle, lock, base, org.org.org.platforms[0], org.org.org.python)
+    return base
 
 
 # -- layers ------------------------------------------------------------------------------------
@@ -365,53 +383,102 @@ def _copy_base_blob(plan: Plan, store: Store, repository: str, desc: Descriptor)
         store.put_blob(repository, desc, fh)
 
 
-def publish(plan: Plan, image: Image, store: Store, target: Reference) -> Reference:
-    """Blobs first (in parallel, skipping what the store has), manifest and tag last."""
-    b = plan.bundle
+def _put_image_blobs(plan: Plan, image: Image, store: Store, repository: str, pool: cf.Executor,
+                     seen: set[str]) -> list[cf.Future]:
+    """Jobs putting an image's base blobs and new layers (each digest once across images)."""
+    jobs = []
+    for d in plan.base.layers:
+        if d.digest not in seen:
+            seen.add(d.digest)
+            jobs.append(pool.submit(_copy_base_blob, plan, store, repository, d))
+    for layer in image.layers:
+        if layer.descriptor.digest not in seen:
+            seen.add(layer.descriptor.digest)
+            jobs.append(pool.submit(_put_layer_file, store, repository, layer))
+    return jobs
+
+
+def _put_config(store: Store, repository: str, image: Image) -> None:
+    if not store.has_blob(repository, image.config_desc):
+        import io
+
+        store.put_blob(repository, image.config_desc, io.BytesIO(image.config))
+
+
+def publish(plans: list[Plan], images: list[Image], top: RawContent, store: Store, target: Reference) -> Reference:
+    """Blobs first (in parallel, skipping what the store has), then the platform manifests of an
+    index by digest, and the top manifest (or index) with its tag last."""
+    b = plans[0].bundle
     ref = target.for_bundle(b.repository, b.spec.version)
     try:
+        seen: set[str] = set()
         with cf.ThreadPoolExecutor(max_workers=4) as pool:
-            jobs = [pool.submit(_copy_base_blob, plan, store, ref.repository, d) for d in plan.base.layers]
-            jobs += [pool.submit(_put_layer_file, store, ref.repository, layer) for layer in image.layers]
+            jobs = [job for plan, image in zip(plans, images)
+                    for job in _put_image_blobs(plan, image, store, ref.repository, pool, seen)]
             for job in jobs:
                 job.result()
-        if not store.has_blob(ref.repository, image.config_desc):
-            import io
-
-            store.put_blob(ref.repository, image.config_desc, io.BytesIO(image.config))
-        store.put_manifest(ref.repository, image.manifest, tag=b.spec.version)
+        for image in images:
+            _put_config(store, ref.repository, image)
+        for image in images:
+            if image.manifest.digest != top.digest:
+                store.put_manifest(ref.repository, image.manifest)
+        store.put_manifest(ref.repository, top, tag=b.spec.version)
     except OSError as exc:
         raise StorageError(f"writing {b.name} to {target}: {exc}", hint="check the destination is writable and has space") from None
     return ref
 
 
+def assemble_index(plans: list[Plan], images: list[Image], opts: BuildOptions) -> RawContent:
+    """The image index of a multi-platform bundle: each platform's manifest with its `platform`,
+    and the same dagseal annotations as the manifests (what `dagseal sign` reads and signs)."""
+    manifests = []
+    for plan, image in zip(plans, images):
+        os_, _, arch = plan.platform.partition("/")
+        desc = image.manifest.descriptor().model_copy(update={"platform": Platform(os=os_, architecture=arch)})
+        manifests.append(desc)
+    return encode(Index(schemaVersion=2, mediaType=OCI_INDEX, manifests=manifests,
+                        annotations=annotations(plans[0], opts, iso_time(opts.epoch))))
+
+
 # -- the command -------------------------------------------------------------------------------
 
 
-def build_bundle(plan: Plan, store: Store, target: Reference, cache: LayerCache, opts: BuildOptions,
+def build_bundle(plans: list[Plan], store: Store, target: Reference, cache: LayerCache, opts: BuildOptions,
                  out: Output) -> BuildResult:
-    """One bundle: dependency and DAG layers in parallel, then metadata, config, manifest, publish."""
+    """One bundle: dependency (per platform) and DAG layers in parallel, then metadata, config and
+    manifest per platform, an index when there are several, publish."""
+    plan = plans[0]
     name = plan.bundle.name
+    several = len(plans) > 1
     with out.progress() as progress:
         def step(description: str) -> Any:
             task = progress.add_task(f"{name}: {description}", total=None)
             return lambda *_: progress.update(task, total=1, completed=1)
 
         with cf.ThreadPoolExecutor(max_workers=2) as pool:
-            deps = pool.submit(deps_layer, plan, cache, opts, out)
-            deps.add_done_callback(step("dependencies (uv install, layer)"))
-            dags = pool.submit(dags_layer, plan, cache, opts)
-            dags.add_done_callback(step("DAG code layer"))
-            layers = [deps.result(), dags.result()]
+            deps = []
+            for p in plans:
+                deps.append(pool.submit(deps_layer, p, cache, opts, out))
+                deps[-1].add_done_callback(step(f"dependencies{f' for {p.platform}' if several else ''} "
+                                                "(uv install, layer)"))
+                if p is plan:
+                    dags = pool.submit(dags_layer, plan, cache, opts)
+                    dags.add_done_callback(step("DAG code layer"))
+            layers = [[d.result(), dags.result()] for d in deps]
         done = step(f"publishing to {target}")
-        meta = metadata_layer(plan, cache, opts)
+        metas: list[LayerFile] = []
         try:
-            image = assemble(plan, layers + [meta], opts)
-            ref = publish(plan, image, store, target)
+            for p in plans:
+                metas.append(metadata_layer(p, cache, opts))
+            images = [assemble(p, own + [meta], opts) for p, own, meta in zip(plans, layers, metas)]
+            top = assemble_index(plans, images, opts) if several else images[0].manifest
+            ref = publish(plans, images, top, store, target)
         finally:
-            meta.path.unlink(missing_ok=True)  # adopted by hard link or streamed: the temp file goes
+            for meta in metas:
+                meta.path.unlink(missing_ok=True)  # adopted by hard link or streamed: the temp file goes
         done()
-    return BuildResult(plan.bundle.team, name, str(ref), image.manifest.digest)
+    children = {p.platform: image.manifest.digest for p, image in zip(plans, images)} if several else None
+    return BuildResult(plan.bundle.team, name, str(ref), top.digest, children)
 
 
 def target_reference(org: Organisation, to: str | None) -> Reference:
@@ -445,9 +512,6 @@ def build(org: Organisation, bundles: list[Bundle], target: Reference, opts: Bui
     """Plan every bundle (nothing written if one is wrong), then build and publish each, yielding
     each result as soon as its image is in the store."""
     plans = [plan_bundle(org, b, opts, out) for b in bundles]
-    if len(org.org.org.platforms) > 1:
-        out.warn(f"the org lists platforms {', '.join(org.org.org.platforms)}; "
-                 f"this build makes images for the first only ({org.org.org.platforms[0]})")
     assert opts.cache_dir is not None
     cache = LayerCache(opts.cache_dir)
     from registry.open import open_store

@@ -60,6 +60,7 @@ def _policy_args(p: argparse.ArgumentParser, *, team_required: bool = True) -> N
                    help="accept a version older than the newest already accepted (only with a digest-pinned reference)")
     p.add_argument("--state-dir", help="where accepted versions and the bundle cache live (default: $DAGSEAL_HOME or ~/.cache/dagseal)")
     p.add_argument("--plain-http", action="store_true", help="allow plain HTTP to a non-loopback registry")
+    p.add_argument("--platform", help="os/arch to start from a multi-platform bundle (default: this machine's, e.g. linux/amd64)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ the bundle's DAGs as belonging to no team, so verifying them for some team would
 raise `Refused(check="team")` from the constructor: Airflow logs "Error creating bundle" and
 skips the bundle; workers fail the task.
 
-Versions are manifest digests (`get_current_version()` returns a `BundleVersion` whose `data`
+Versions are manifest digests (for a multi-platform bundle the signed index's digest; the tree is
+that index's image for this machine's platform) (`get_current_version()` returns a `BundleVersion` whose `data`
 records the bundle version, team and signer in `dag_version.version_data`). A worker asking for a
 specific version (the digest Airflow recorded when the DAG was parsed: `get_bundle(name, version)`
 then `initialize()`) gets exactly that digest of the configured repository, verified again; a

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bundler.output import Output
 from registry.errors import BadInput, Refused
-from registry.model import Descriptor, RawContent
+from registry.model import Descriptor, Index, RawContent
 from registry.ref import Reference, parse_reference
 from signing.preflight import ImageFacts, check_bundle, check_signer, image_facts, parse_expires, predicate_for
 from signing.signers.base import Signer
@@ -76,10 +76,24 @@ def open_target(text: str, *, plain_http: bool = False) -> Target:
         content = store.get(ref.repository, ref.reference)
         if ref.digest and content.digest != ref.digest:
             raise Refused(f"{text}: store returned manifest {content.digest}", check="blob-digest")
-        return Target(ref=ref, store=store, content=content, facts=image_facts(content, text))
+        facts = image_facts(content, text)
+        if isinstance(content.parsed, Index):
+            check_platform_images(store, ref.repository, content)
+        return Target(ref=ref, store=store, content=content, facts=facts)
     except BaseException:
         store.close()
         raise
+
+
+def check_platform_images(store, repository: str, content: RawContent) -> None:
+    """A multi-platform index is signed only if every image it lists is an image manifest carrying
+    the index's dagseal annotations: the gate would refuse the others (signing.platforms), so CI
+    learns it here instead of at every worker's start."""
+    from signing.platforms import check_child
+
+    assert isinstance(content.parsed, Index)
+    for desc in content.parsed.manifests:
+        check_child(content, desc, store.get_manifest(repository, desc.digest))
 
 
 # -- pre-flight ------------------------------------------------------------------------------------

@@ -7,7 +7,11 @@ One path (`admit`) serves all three and the Airflow bundle class:
 2. read the manifest (from the cache entry, re-hashed, or from the store, verified);
 3. verify the signatures (cached ones first, then the store's referrers) with signing.verify;
 4. refuse rollbacks and version reuse (signing.state) before downloading anything big;
-5. materialise into the digest-keyed cache (signing.materialise: blob digests, safe tar);
+5. materialise into the digest-keyed cache (signing.materialise: blob digests, safe tar); for a
+   multi-platform bundle (an index: steps 2-4 ran on the index, which is what is signed and what
+   the rollback memory records) the image of `--platform` (default this machine's) is picked,
+   fetched by the digest the signed index lists and checked against it (signing.platforms), and
+   its tree is cached under its own manifest digest;
 6. record the accepted version (fetch and run; `verify` is a dry run that records nothing).
 
 When the registry is unreachable, a tag may start as the digest it resolved to at its last online
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from bundler.output import Output
     from registry.model import RawContent
     from registry.store import Store
-    from signing.materialise import Entry
+    from signing.materialise import Cache, Entry
     from signing.trust import TrustPolicy
     from signing.verify import Verified
 
@@ -54,6 +58,7 @@ class Options:
     materialise: bool = True
     record: bool = True
     opener: "Callable[[Reference], Store] | None" = None  # how to open a reference's store (default open_store)
+    platform: str | None = None  # os/arch picked from a multi-platform index (default: this machine's)
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Admitted:
     offline: bool = False
     materialised: bool = False  # True if this start extracted the tree (False: cache hit)
     notes: list[str] = field(default_factory=list)
+    platform: str | None = None  # a multi-platform bundle: the platform started ...
+    manifest: str | None = None  # ... and its image manifest's digest (`verified.digest` is the index's)
 
     def decision(self) -> dict[str, Any]:
         v = self.verified
@@ -73,6 +80,8 @@ class Admitted:
                                "team": v.team, "bundle": v.bundle, "version": v.version, "digest": v.digest,
                                "signer": v.signer, "ref": str(self.ref), "offline": self.offline,
                                "materialised": self.materialised}
+        if self.manifest is not None:
+            out["platform"], out["manifest"] = self.platform, self.manifest
         if self.entry is not None:
             out["path"] = str(self.entry.tree)
             out["dags"] = str(self.entry.dags)
@@ -129,6 +138,7 @@ def admit(ref_text: str, opts: Options, *, expected_bundle: str | None = None) -
 
 
 def _admit(ref: Reference, expected: str, store: _LazyStore, opts: Options, context: dict[str, Any]) -> Admitted:
+    from registry.model import Index
     from signing.materialise import Cache
 
     notes: list[str] = []
@@ -136,20 +146,43 @@ def _admit(ref: Reference, expected: str, store: _LazyStore, opts: Options, cont
     context["digest"] = digest
     cache = Cache(opts.state.cache_root())
     cached = cache.lookup(digest, expected)
-    content = cached[1] if cached else _manifest(store, ref, digest, offline)
+    content = cached[1] if cached else (cache.lookup_index(digest) or _manifest(store, ref, digest, offline))
     verified = _verify(content, store, ref, opts, expected, offline)
     context.update(version=verified.version, signer=verified.signer)
     cand = Freshness(version=verified.version, digest=digest, pinned_by_digest=ref.digest is not None,
                      allow_downgrade=opts.allow_downgrade)
     opts.state.check_freshness(opts.state.load(opts.team, verified.bundle), cand)
+    platform = None
+    index = content
+    if isinstance(content.parsed, Index):  # a multi-platform bundle: start this platform's manifest
+        platform, cached, content = _platform_manifest(content, store, ref, cache, opts, expected, offline)
+        context["manifest"] = content.digest
     entry = cached[0] if cached else None
     fresh = False
     if entry is None and opts.materialise:
         entry, fresh = cache.materialise(store.get(), ref.repository, content, verified.bundle)
-    if opts.record:
+    if platform and entry is not None:
+        cache.keep_index(index)
+    if opts.record:  # the rollback memory and signature cache are about what was signed (the index)
         opts.state.accept(opts.team, verified.bundle, cand, ref=None if (ref.digest or offline) else str(ref))
         opts.state.save_signature(digest, verified.bundle_json)
-    return Admitted(ref=ref, verified=verified, entry=entry, offline=offline, materialised=fresh, notes=notes)
+    return Admitted(ref=ref, verified=verified, entry=entry, offline=offline, materialised=fresh, notes=notes,
+                    platform=platform, manifest=content.digest if platform else None)
+
+
+def _platform_manifest(index: "RawContent", store: _LazyStore, ref: Reference, cache: "Cache", opts: Options,
+                       expected: str, offline: bool) -> tuple[str, Any, "RawContent"]:
+    """(platform, cache hit or None, manifest) of the runtime's platform in a verified index: the
+    child is read by the digest the signed index lists (from the digest-keyed cache, re-hashed, or
+    from the store, verified) and must agree with the index (signing.platforms)."""
+    from signing.platforms import check_child, parse_platform, select_manifest
+
+    target = parse_platform(opts.platform)
+    desc = select_manifest(index, target)
+    cached = cache.lookup(desc.digest, expected)
+    child = cached[1] if cached else _manifest(store, ref, desc.digest, offline)
+    check_child(index, desc, child)
+    return str(target), cached, child
 
 
 def _resolve(ref: Reference, store: _LazyStore, opts: Options, notes: list[str]) -> tuple[str, bool]:
@@ -231,9 +264,12 @@ def _options(args: "argparse.Namespace", *, materialise: bool, record: bool) -> 
     if args.team not in policy.teams:
         raise BadInput(f"--team {args.team}: the policy {args.policy} has no such team "
                        f"(it has {', '.join(sorted(policy.teams)) or 'none'})", hint="pass the Airflow team name this runtime serves")
+    from signing.platforms import parse_platform
+
+    platform = str(parse_platform(getattr(args, "platform", None)))  # a malformed --platform: exit 2 up front
     return Options(team=args.team, policy=policy, state=HostState(state_dir(args.state_dir)),
                    allow_downgrade=args.allow_downgrade, plain_http=args.plain_http,
-                   materialise=materialise, record=record)
+                   materialise=materialise, record=record, platform=platform)
 
 
 def refusal(exc: Refused, team: str, ref: str) -> dict[str, Any]:
@@ -261,7 +297,9 @@ def _report(out: "Output", admitted: Admitted, verb: str) -> None:
     for note in admitted.notes:
         out.warn(note)
     text = (f"{verb} {d['ref']}: team {d['team']} bundle {d['bundle']} version {d['version']} "
-            f"digest {d['digest']} signer {d['signer']}" + (" (OFFLINE, within grace)" if admitted.offline else ""))
+            f"digest {d['digest']} signer {d['signer']}"
+            + (f" platform {admitted.platform} manifest {admitted.manifest}" if admitted.manifest else "")
+            + (" (OFFLINE, within grace)" if admitted.offline else ""))
     out.result(d, text)
 
 

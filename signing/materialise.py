@@ -12,6 +12,10 @@ Guards against:
 - duplicate work and races: concurrent starts of one digest on one host take a per-digest file
   lock; the second one finds the committed tree and does nothing.
 
+A multi-platform bundle's tree is keyed by its platform manifest's digest; the verified index's
+bytes are kept in `cache/indexes/<hex>.json` (re-hashed on every read) so a pinned or offline
+start needs no registry.
+
 An entry holds `manifest.json` (the exact manifest bytes; a start re-hashes them against the
 entry's name) and `tree/` = the image's `opt/airflow/bundles/<bundle>/` (dags/, site-packages/,
 bundle.json). The cache never vouches for a signature: every start re-verifies (signing.verify).
@@ -38,6 +42,7 @@ TREE = "tree"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit: storage failures
 EARLY_FLUSH_BYTES = 16 << 20
 MANIFEST = "manifest.json"
+INDEXES = "indexes"  # kept bytes of verified multi-platform indexes (their trees are keyed by child digest)
 
 
 def bundle_prefix(bundle: str) -> str:
@@ -111,6 +116,33 @@ class Cache:
             return None
         _check_ours(path / TREE)
         return Entry(path, digest, bundle), parse_content(raw, what=f"cached manifest {digest}")
+
+    def index_path(self, digest: str) -> Path:
+        return self.root / INDEXES / f"{hex_of(digest)}.json"
+
+    def lookup_index(self, digest: str) -> RawContent | None:
+        """The kept bytes of a multi-platform index (re-hashed and parsed), or None. Only the
+        bytes are kept: every start re-verifies the index's signature like a manifest's."""
+        path = self.index_path(digest)
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if sha256_digest(raw) != digest:
+            raise Refused(f"cached index {path} does not hash to {digest}: the cache was tampered with",
+                          check="blob-digest", hint=f"delete {path}; the next online start keeps it again")
+        return parse_content(raw, what=f"cached index {digest}")
+
+    def keep_index(self, content: RawContent) -> None:
+        """Keep a verified index's bytes, so a pinned or offline start of its platform's cached tree
+        needs no registry (written to a temp file and renamed: never half-written)."""
+        from registry.fsutil import atomic_write
+
+        path = self.index_path(content.digest)
+        if path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, content.raw, mode=0o444)
 
     def materialise(self, store: Store, repository: str, content: RawContent, bundle: str) -> tuple[Entry, bool]:
         """The entry of `content`, extracting it once (under the per-digest lock) if absent;

@@ -44,10 +44,15 @@ class ImageFacts:
 
 
 def image_facts(content: RawContent, ref: str) -> ImageFacts:
-    if not isinstance(content.parsed, Manifest):
-        raise BadInput(f"{ref} is an index, not a bundle image", hint="sign the image manifest (pin its digest)")
+    """The facts of an image manifest, or of a multi-platform bundle's index (the build puts the
+    same dagseal annotations on the index and on every platform manifest; the gate checks that the
+    manifest it starts agrees with the signed index)."""
     ann = dict(content.parsed.annotations or {})
     missing = [k for k in REQUIRED if not ann.get(k)]
+    if missing and not isinstance(content.parsed, Manifest):
+        raise BadInput(f"{ref} is an index without the dagseal annotations {', '.join(missing)}, not a bundle "
+                       "image", hint="sign the index `dagseal build` made for a multi-platform org, or pin the "
+                                     "digest of an image manifest")
     if missing:
         raise BadInput(f"{ref} is not a dagseal bundle image: annotations {', '.join(missing)} are missing",
                        hint="build it with `dagseal build`")

@@ -7,7 +7,7 @@ digest, signature bundle bytes, the policy), so they work offline from cached si
 pinned trust root; fetching and the rollback memory live in `signing.gate` and `signing.state`.
 
 Check names: signature, signer, subject, predicate-type, statement, team, bundle, expiry, rollback,
-version-reuse (signing.state), blob-digest, manifest-format, tar-entry, tar-limits
+version-reuse (signing.state), platform (signing.platforms), blob-digest, manifest-format, tar-entry, tar-limits
 (registry.digest, registry.model, signing.safetar, signing.materialise), cache (a cache entry this
 user does not own, signing.materialise).
 """
@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
 
 from registry.errors import Refused
-from registry.model import ANN_BUNDLE, ANN_TEAM, ANN_VERSION, Manifest, RawContent
+from registry.model import ANN_BUNDLE, ANN_TEAM, ANN_VERSION, Index, Manifest, RawContent
 
 if TYPE_CHECKING:
     from signing.statement import BundlePredicate, Statement
@@ -96,9 +96,10 @@ def check_predicate_type(statement: "Statement") -> "BundlePredicate":
 
 # -- rule 3 and 4: team and bundle -----------------------------------------------------------------
 
-def check_team(predicate: "BundlePredicate", manifest: Manifest, team: str) -> None:
+def check_team(predicate: "BundlePredicate", manifest: Manifest | Index, team: str) -> None:
     """Stops cross-team use: a bundle made (and signed) for one team run by another team's
-    components, and an image whose annotation claims another team than its statement."""
+    components, and an image (or multi-platform index) whose annotation claims another team than
+    its statement."""
     if predicate.team != team:
         raise Refused(f"the statement was signed for team {predicate.team}, this runtime serves team {team}",
                       check="team", hint=f"run {predicate.team}'s bundles only on {predicate.team}'s components")
@@ -108,7 +109,7 @@ def check_team(predicate: "BundlePredicate", manifest: Manifest, team: str) -> N
                       check="team", hint="rebuild the image for this team with dagseal build and sign it again")
 
 
-def check_bundle(predicate: "BundlePredicate", manifest: Manifest, policy: "TrustPolicy", team: str,
+def check_bundle(predicate: "BundlePredicate", manifest: Manifest | Index, policy: "TrustPolicy", team: str,
                  expected: str | None) -> None:
     """Stops bundle substitution: a team's validly signed bundle X served where bundle Y was asked
     for, a bundle the org policy gives to another team, and an image whose bundle or version
@@ -154,9 +155,7 @@ def _verify_one(bundle_json: bytes, content: RawContent, policy: "TrustPolicy", 
     statement = parse_statement(payload)
     check_subject(statement, content.digest)
     predicate = check_predicate_type(statement)
-    manifest = content.parsed
-    if not isinstance(manifest, Manifest):
-        raise Refused(f"{content.digest} is an index, not an image manifest", check="manifest-format")
+    manifest = content.parsed  # an index (multi-platform bundle): its platform manifest is checked by the gate
     check_team(predicate, manifest, team)
     check_bundle(predicate, manifest, policy, team, expected_bundle)
     check_expiry(predicate, now)
