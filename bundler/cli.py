@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--out", help="file to write (default: stdout)")
     pe.add_argument("--offline-grace", help="let a verified bundle start while its registry is down for this long (e.g. 24h)")
     pe.add_argument("--trust-config", help="Sigstore ClientTrustConfig JSON of a private instance: its trusted root is embedded")
+    pe.add_argument("--max-bundle-size", metavar="SIZE",
+                    help="refuse a bundle that unpacks to more than SIZE (bytes, or e.g. 512MiB, 4GiB; default 16GiB)")
+    pe.add_argument("--max-entries", metavar="N", help="refuse a bundle with more than N files and folders (default 500000)")
 
     p = sub.add_parser("verify", help="verify an image for a team; print the decision")
     p.add_argument("ref"); _policy_args(p); _common(p)

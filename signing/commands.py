@@ -215,6 +215,40 @@ def _grace_seconds(value: str | None) -> int | None:
     return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
+_SIZE = re.compile(r"^([0-9]{1,20})\s*(B|KiB|MiB|GiB|TiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def _size_bytes(value: str | None) -> int | None:
+    """--max-bundle-size: bytes or a binary size (512MiB, 4GiB); a zero or unreadable size is bad input."""
+    if value is None:
+        return None
+    m = _SIZE.match(value.strip())
+    size = int(m.group(1)) * _SIZE_UNITS[m.group(2)] if m else 0
+    if size <= 0:
+        raise BadInput(f"--max-bundle-size {value!r} is not a size above 0",
+                       hint="write bytes or a binary size, e.g. 1073741824, 512MiB or 4GiB")
+    return size
+
+
+def _entry_count(value: str | None) -> int | None:
+    """--max-entries: a whole number of tar entries above 0."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,20}", value.strip()) or int(value) <= 0:
+        raise BadInput(f"--max-entries {value!r} is not a whole number above 0", hint="write e.g. --max-entries 50000")
+    return int(value)
+
+
+def _limits(args: argparse.Namespace) -> dict | None:
+    """The policy's `limits` from --max-bundle-size/--max-entries; None (dagseal's defaults) if neither."""
+    size = _size_bytes(getattr(args, "max_bundle_size", None))
+    entries = _entry_count(getattr(args, "max_entries", None))
+    if size is None and entries is None:
+        return None
+    return {"max_bundle_bytes": size, "max_entries": entries}
+
+
 def _trusted_root(path: str | None) -> dict | None:
     if not path:
         return None
@@ -232,9 +266,10 @@ def policy(args: argparse.Namespace, out: Output) -> int:
     from bundler.specs import load_organisation
     from signing.policy_export import compile_policy, render
 
+    limits = _limits(args)  # bad sizes exit 2 before specs are read
     org = load_organisation(args.specs)
     compiled = compile_policy(org, trusted_root=_trusted_root(getattr(args, "trust_config", None)),
-                              offline_grace_seconds=_grace_seconds(args.offline_grace))
+                              offline_grace_seconds=_grace_seconds(args.offline_grace), limits=limits)
     text = render(org, compiled, args.format)
     if args.out:
         _write_atomic(Path(args.out), text.encode())

@@ -144,7 +144,7 @@ def _admit(ref: Reference, expected: str, store: _LazyStore, opts: Options, cont
     notes: list[str] = []
     digest, offline = _resolve(ref, store, opts, notes)
     context["digest"] = digest
-    cache = Cache(opts.state.cache_root())
+    cache = Cache(opts.state.cache_root(), opts.policy.tar_limits())  # the org's bounds on what a start unpacks
     cached = cache.lookup(digest, expected)
     content = cached[1] if cached else (cache.lookup_index(digest) or _manifest(store, ref, digest, offline))
     verified = _verify(content, store, ref, opts, expected, offline)
@@ -160,7 +160,7 @@ def _admit(ref: Reference, expected: str, store: _LazyStore, opts: Options, cont
     entry = cached[0] if cached else None
     fresh = False
     if entry is None and opts.materialise:
-        entry, fresh = cache.materialise(store.get(), ref.repository, content, verified.bundle)
+        entry, fresh = _materialise(cache, store, ref, content, verified.bundle, opts)
     if platform and entry is not None:
         cache.keep_index(index)
     if opts.record:  # the rollback memory and signature cache are about what was signed (the index)
@@ -168,6 +168,18 @@ def _admit(ref: Reference, expected: str, store: _LazyStore, opts: Options, cont
         opts.state.save_signature(digest, verified.bundle_json)
     return Admitted(ref=ref, verified=verified, entry=entry, offline=offline, materialised=fresh, notes=notes,
                     platform=platform, manifest=content.digest if platform else None)
+
+
+def _materialise(cache: "Cache", store: _LazyStore, ref: Reference, content: "RawContent", bundle: str,
+                 opts: Options) -> tuple["Entry", bool]:
+    """Extract within the policy's limits; a tar-limits refusal under org-set limits says how to raise them."""
+    try:
+        return cache.materialise(store.get(), ref.repository, content, bundle)
+    except Refused as exc:
+        if exc.check == "tar-limits" and opts.policy.limits is not None:
+            exc.hint = ("the org's trust policy bounds what a start unpacks (limits); if this bundle is genuine, "
+                        "re-export the policy with a larger `dagseal policy export --max-bundle-size/--max-entries`")
+        raise
 
 
 def _platform_manifest(index: "RawContent", store: _LazyStore, ref: Reference, cache: "Cache", opts: Options,

@@ -68,10 +68,11 @@ def compile_team(org: Organisation, team: str, *, kms_client=None) -> TeamPolicy
 
 
 def compile_policy(org: Organisation, *, trusted_root: dict | None = None, offline_grace_seconds: int | None = None,
-                   kms_client=None) -> TrustPolicy:
+                   limits: dict | None = None, kms_client=None) -> TrustPolicy:
+    """`limits` ({max_bundle_bytes, max_entries}, None: the defaults) bounds what one start may unpack."""
     teams = {team: compile_team(org, team, kms_client=kms_client) for team in sorted(org.org.teams)}
     return TrustPolicy(version=1, org=org.org.org.name, teams=teams, trusted_root=trusted_root,
-                       offline_grace_seconds=offline_grace_seconds)
+                       offline_grace_seconds=offline_grace_seconds, limits=limits)
 
 
 def image_glob(org: Organisation, team: str, *, suffix: str = "*") -> str:

@@ -97,6 +97,16 @@ def _non_negative_int(v: Any, loc: tuple, errors: Errors) -> Any:
     return _BAD
 
 
+def _positive_int(v: Any, loc: tuple, errors: Errors) -> Any:
+    if type(v) is not int:  # no bool, no float, no "5"
+        errors.append((loc, "Input should be a valid integer"))
+    elif v <= 0:
+        errors.append((loc, "Input should be greater than 0"))
+    else:
+        return v
+    return _BAD
+
+
 def _json_object(v: Any, loc: tuple, errors: Errors) -> Any:
     if not isinstance(v, dict):
         errors.append((loc, "Input should be a valid dictionary"))
@@ -316,6 +326,30 @@ class TeamPolicy(_Record):
     )
 
 
+class PolicyLimits(_Record):
+    """Bounds on what one start may unpack, set by the platform team (null: dagseal's defaults).
+
+    Guards against a registry attacker who serves a tampered layer: its digest is only known at the end
+    of its stream, so until then the start writes into the cache's temp folder; these bound how much
+    (bytes, files and folders) to the org's real bundle sizes instead of the 16 GiB / 500,000 defaults.
+    """
+
+    max_bundle_bytes: int | None
+    max_entries: int | None
+    _fields = (
+        ("max_bundle_bytes", _optional(_positive_int), None),
+        ("max_entries", _optional(_positive_int), None),
+    )
+
+
+def _tar_limits(cls: Any, limits: "PolicyLimits | None") -> Any:
+    default = cls()
+    if limits is None:
+        return default
+    return cls(max_total_bytes=limits.max_bundle_bytes or default.max_total_bytes,
+               max_entries=limits.max_entries or default.max_entries)
+
+
 class TrustPolicy(_Record):
     """Version 1 of the runtime policy (`schema()` gives its JSON Schema)."""
 
@@ -324,13 +358,21 @@ class TrustPolicy(_Record):
     teams: dict[str, TeamPolicy]
     trusted_root: dict[str, Any] | None
     offline_grace_seconds: int | None
+    limits: PolicyLimits | None
     _fields = (
         ("version", _const(POLICY_VERSION), _REQUIRED),
         ("org", _text(min_length=1), _REQUIRED),
         ("teams", _dict_of(_text(pattern=TEAM_PATTERN), _record("TeamPolicy")), _REQUIRED),
         ("trusted_root", _optional(_json_object), None),
         ("offline_grace_seconds", _optional(_non_negative_int), None),
+        ("limits", _optional(_record("PolicyLimits")), None),
     )
+
+    def tar_limits(self) -> "TarLimits":
+        """The extraction bounds of a start under this policy (the defaults where it sets none)."""
+        from signing.safetar import TarLimits
+
+        return _tar_limits(TarLimits, self.limits)
 
     def _after(self) -> None:
         _bundles_in_one_team(self.teams)
@@ -401,6 +443,13 @@ def _schema_models() -> Any:
             Field(min_length=1)
         bundles: list[Annotated[str, StringConstraints(pattern=BUNDLE_PATTERN)]] = Field(default_factory=list)
 
+    class PolicyLimits(BaseModel):
+        """Bounds on what one start may unpack, set by the platform team (null: dagseal's defaults)."""
+
+        model_config = strict
+        max_bundle_bytes: Annotated[int, Field(gt=0)] | None = None
+        max_entries: Annotated[int, Field(gt=0)] | None = None
+
     class TrustPolicy(BaseModel):
         """Version 1 of the runtime policy (`schema()` gives its JSON Schema)."""
 
@@ -410,6 +459,7 @@ def _schema_models() -> Any:
         teams: dict[Annotated[str, StringConstraints(pattern=TEAM_PATTERN)], TeamPolicy]
         trusted_root: dict[str, Any] | None = None
         offline_grace_seconds: Annotated[int, Field(ge=0)] | None = None
+        limits: PolicyLimits | None = None
 
         @field_validator("version", mode="before")
         @classmethod
