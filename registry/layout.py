@@ -10,6 +10,7 @@ any point leaves the previous index, so no tag ever points at missing content.
 from __future__ import annotations
 
 import contextlib
+import io
 import hashlib
 import os
 import tempfile
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from registry.digest import CHUNK, VerifyingReader, hex_of, is_digest, parse_digest
+from registry import layout_index
 from registry.errors import BadInput, NotFound, Refused, StorageError
 from registry.fsutil import atomic_write
 from registry.model import (
-    ANN_REF_NAME,
     OCI_INDEX,
     Descriptor,
     RawContent,
@@ -37,10 +38,6 @@ LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 LOCK_NAME = ".dagseal.lock"
 TMP_NAME = ".tmp"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
-
-
-def ref_name(repository: str, tag: str) -> str:
-    return f"{repository}:{tag}" if repository else tag
 
 
 class LayoutStore(Store):
@@ -99,12 +96,7 @@ class LayoutStore(Store):
 
     def entries(self) -> Iterator[tuple[str | None, Descriptor]]:
         """(ref name or None, descriptor) for every manifest listed in index.json."""
-        for m in self._read_index():
-            try:
-                desc = Descriptor.model_validate(m)
-            except Exception:
-                continue
-            yield (desc.annotations or {}).get(ANN_REF_NAME), desc
+        return layout_index.entries(self._read_index())
 
     # -- blobs ----------------------------------------------------------------------------------
     def has_blob(self, repository: str, desc: Descriptor) -> bool:
@@ -174,11 +166,10 @@ class LayoutStore(Store):
                 raise NotFound(f"manifest {reference} is not in {self.root}")
             content = self.get_manifest(repository, reference)
             return content.descriptor()
-        name = ref_name(repository, reference)
-        for ref, desc in self.entries():
-            if ref == name:
-                return desc
-        raise NotFound(f"no tag {name!r} in oci:{self.root}",
+        found = layout_index.find(self._read_index(), repository, reference)
+        if found is not None:
+            return found
+        raise NotFound(f"no tag {layout_index.ref_name(repository, reference)!r} in oci:{self.root}",
                        hint=f"list what is there with `skopeo inspect oci:{self.root}:NAME` or build it first")
 
     def get_manifest(self, repository: str, digest: str) -> RawContent:
@@ -200,30 +191,18 @@ class LayoutStore(Store):
             raise StorageError(f"refusing to write manifest {content.digest} to {self.root}: "
                                f"blobs {', '.join(missing)} are missing", hint="copy the blobs first")
         desc = content.descriptor()
-        self.put_blob(repository, desc, __import__("io").BytesIO(content.raw))
+        self.put_blob(repository, desc, io.BytesIO(content.raw))
         with self._lock():
-            manifests = self._read_index()
-            if tag is None:
-                if not any(m.get("digest") == desc.digest for m in manifests):
-                    manifests.append(desc.to_json_dict())
-            else:
-                name = ref_name(repository, tag)
-                manifests = [m for m in manifests if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
-                manifests = [m for m in manifests if m.get("digest") != desc.digest or (m.get("annotations") or {}).get(ANN_REF_NAME)]
-                manifests.append(desc.with_annotations({ANN_REF_NAME: name}).to_json_dict())
-            self._write_index(manifests)
+            updated = layout_index.with_manifest(self._read_index(), desc, repository, tag)
+            if updated is not None:
+                self._write_index(updated)
         return desc
 
     def tags(self, repository: str) -> list[str]:
-        prefix = f"{repository}:" if repository else ""
-        out = []
-        for ref, _ in self.entries():
-            if ref and ref.startswith(prefix) and (repository or ":" not in ref):
-                out.append(ref[len(prefix):])
-        return sorted(out)
+        return layout_index.tags(self._read_index(), repository)
 
     def repositories(self) -> list[str]:
-        return sorted({ref.rpartition(":")[0] for ref, _ in self.entries() if ref and ":" in ref})
+        return layout_index.repositories(self._read_index())
 
 
 def open_layout(location: str, *, create: bool = True) -> LayoutStore:

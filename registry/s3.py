@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterator
 
 from registry.digest import VerifyingReader, hex_of, is_digest, parse_digest
+from registry import layout_index
 from registry.errors import NotFound, Refused, StorageError
 from registry.model import (
-    ANN_REF_NAME,
     MAX_MANIFEST_BYTES,
     OCI_INDEX,
     Descriptor,
@@ -48,10 +48,6 @@ LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 INDEX_TRIES = 10
 PART_SIZE = 16 * 1024 * 1024
-
-
-def _ref_name(repository: str, tag: str) -> str:
-    return f"{repository}:{tag}" if repository else tag
 
 
 class S3Store(Store):
@@ -194,22 +190,16 @@ class S3Store(Store):
         return True
 
     def entries(self) -> Iterator[tuple[str | None, Descriptor]]:
-        for m in self._read_index()[0]:
-            try:
-                desc = Descriptor.model_validate(m)
-            except Exception:
-                continue
-            yield (desc.annotations or {}).get(ANN_REF_NAME), desc
+        return layout_index.entries(self._read_index()[0])
 
     # -- manifests ------------------------------------------------------------------------------
     def resolve(self, repository: str, reference: str) -> Descriptor:
         if is_digest(reference):
             return self.get_manifest(repository, reference).descriptor()
-        name = _ref_name(repository, reference)
-        for ref, desc in self.entries():
-            if ref == name:
-                return desc
-        raise NotFound(f"no tag {name!r} in {self.where}", hint="push or build it there first, or check the reference")
+        found = layout_index.find(self._read_index()[0], repository, reference)
+        if found is not None:
+            return found
+        raise NotFound(f"no tag {layout_index.ref_name(repository, reference)!r} in {self.where}", hint="push or build it there first, or check the reference")
 
     def get_manifest(self, repository: str, digest: str) -> RawContent:
         parse_digest(digest)
@@ -235,26 +225,15 @@ class S3Store(Store):
         self.put_blob(repository, desc, io.BytesIO(content.raw))
         for _ in range(INDEX_TRIES):
             manifests, etag = self._read_index()
-            if tag is None:
-                if any(m.get("digest") == desc.digest for m in manifests):
-                    return desc
-                manifests.append(desc.to_json_dict())
-            else:
-                name = _ref_name(repository, tag)
-                manifests = [m for m in manifests if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
-                manifests = [m for m in manifests
-                             if m.get("digest") != desc.digest or (m.get("annotations") or {}).get(ANN_REF_NAME)]
-                manifests.append(desc.with_annotations({ANN_REF_NAME: name}).to_json_dict())
-            if self._write_index(manifests, etag):
+            updated = layout_index.with_manifest(manifests, desc, repository, tag)
+            if updated is None or self._write_index(updated, etag):
                 return desc
             time.sleep(0.05)
         raise StorageError(f"index.json in {self.where} kept changing under {INDEX_TRIES} conditional writes",
                            hint="another writer is busy on this prefix; retry")
 
     def tags(self, repository: str) -> list[str]:
-        prefix = f"{repository}:" if repository else ""
-        return sorted(ref[len(prefix):] for ref, _ in self.entries()
-                      if ref and ref.startswith(prefix) and (repository or ":" not in ref))
+        return layout_index.tags(self._read_index()[0], repository)
 
 
 class _ReadOnly(io.RawIOBase):

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from registry.errors import BadInput
 from registry.model import canonical_json, load_json
+
+if TYPE_CHECKING:
+    from signing.safetar import TarLimits
 
 POLICY_VERSION = 1
 MAX_POLICY_BYTES = 16 * 1024 * 1024
