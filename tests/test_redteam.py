@@ -18,6 +18,7 @@ from registry.digest import sha256_digest
 from registry.layout import LayoutStore
 from registry.model import ANN_REF_NAME, OCI_LAYER_TAR, OCI_MANIFEST, Manifest, encode
 from tests.fixtures.airflow import (
+    assert_refused,
     BUNDLE_A,
     TEAM_A,
     Image,
@@ -31,33 +32,6 @@ from tests.fixtures.airflow import (
 )
 
 PREFIX = f"opt/airflow/bundles/{BUNDLE_A}/"
-
-
-@pytest.fixture
-def gate(dagseal, gate_policy, tmp_path):
-    """fetch/verify with this test's policy and state dir; returns (CliResult, last JSON line)."""
-    state = tmp_path / "state"
-    counter = iter(range(1000))
-
-    def _run(command: str, ref: str, *extra: str, policy: Path | None = None):
-        args = [command, ref, "--team", TEAM_A, "--policy", policy or gate_policy, "--state-dir", state, "--json",
-                *extra]
-        if command == "fetch":
-            args += ["--dest", tmp_path / f"dest{next(counter)}"]
-        result = dagseal(*args)
-        lines = result.json_lines
-        return result, (lines[-1] if lines else {})
-
-    _run.state = state  # type: ignore[attr-defined]
-    return _run
-
-
-def refused(result, decision, check: str, *words: str) -> None:
-    assert result.code == 3, result.stdout + result.stderr
-    assert decision["decision"] == "refused" and decision["check"] == check, decision
-    text = decision["reason"] + decision.get("hint", "")
-    for word in words:
-        assert word in text, decision
 
 
 def accepted(result, decision) -> dict:
@@ -84,7 +58,7 @@ def test_tag_moved_back_to_an_already_accepted_older_version_is_a_rollback(gate,
     accepted(*gate("fetch", oci_ref(new)))
     _retag(gate_layout, old, "2.0")
     result, d = gate("fetch", oci_ref(new))
-    refused(result, d, "rollback", "version 1.0 is older than 2.0", "pinned by digest")
+    assert_refused(result, d, "rollback", "version 1.0 is older than 2.0", "pinned by digest")
     record = json.loads((gate.state / "accepted" / TEAM_A / f"{BUNDLE_A}.json").read_text())
     assert record["newest_version"] == "2.0"
     assert record["refs"][oci_ref(new)]["digest"] == new.digest  # the tag's memory was not moved back
@@ -103,7 +77,7 @@ def test_pep440_equal_version_over_other_content_is_version_reuse(alias, gate, g
     other = make_image(gate_layout, TEAM_A, BUNDLE_A, alias, site_packages={"helperlib/__init__.py": b"VALUE = 666\n"})
     sign_image(other, gate_keys)
     result, d = gate("fetch", oci_ref(other))
-    refused(result, d, "version-reuse", "2026.11.1", first.digest, "new version number")
+    assert_refused(result, d, "version-reuse", "2026.11.1", first.digest, "new version number")
 
 
 def test_non_pep440_version_is_refused_before_it_poisons_the_memory(gate, gate_layout, gate_keys):
@@ -112,7 +86,7 @@ def test_non_pep440_version_is_refused_before_it_poisons_the_memory(gate, gate_l
     bad = make_image(gate_layout, TEAM_A, BUNDLE_A, "latest")
     sign_image(bad, gate_keys)
     result, d = gate("fetch", oci_ref(bad))
-    refused(result, d, "statement", "'latest' is not a PEP 440 version")
+    assert_refused(result, d, "statement", "'latest' is not a PEP 440 version")
     assert not (gate.state / "accepted" / TEAM_A / f"{BUNDLE_A}.json").exists()
     good = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     sign_image(good, gate_keys)
@@ -141,7 +115,7 @@ def test_deeply_nested_manifest_is_refused_not_a_crash(gate, gate_layout):
     make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     ref = _point_tag_at_blob(gate_layout, f"{TEAM_A}/{BUNDLE_A}", "deep", b'{"schemaVersion":2,"x":' + DEEP + b"}")
     result, d = gate("verify", ref)
-    refused(result, d, "manifest-format", "nests too deeply")
+    assert_refused(result, d, "manifest-format", "nests too deeply")
 
 
 def test_deeply_nested_signature_bundle_is_refused_not_a_crash(gate, gate_layout):
@@ -151,7 +125,7 @@ def test_deeply_nested_signature_bundle_is_refused_not_a_crash(gate, gate_layout
     image = make_image(gate_layout, TEAM_A, BUNDLE_A, "2026.11.1")
     attach(gate_layout, image.repository, image.descriptor, b'{"mediaType":' + DEEP[:400_000] + b"}", PREDICATE_TYPE)
     result, d = gate("fetch", oci_ref(image))
-    refused(result, d, "signature", "nests too deeply")
+    assert_refused(result, d, "signature", "nests too deeply")
 
 
 def test_deeply_nested_statement_and_policy_are_refused_not_crashes(gate, gate_layout, tmp_path):
@@ -189,7 +163,7 @@ def test_cache_entry_planted_by_another_local_user_is_refused(planted_by, gate, 
         for path in (entry, entry / "tree", entry / "manifest.json"):
             os.chown(path, 65534, 65534)
     result, d = gate("fetch", oci_ref(image))
-    refused(result, d, "cache", str(entry), "delete")
+    assert_refused(result, d, "cache", str(entry), "delete")
     assert not list(Path(gate.state.parent).glob("dest*"))
 
 
@@ -261,9 +235,9 @@ def test_config_diff_ids_that_do_not_match_the_layers_are_refused(case, gate, ga
     sign_image(liar, gate_keys)
     result, d = gate("fetch", oci_ref(liar))
     if case == "wrong-diff-id":
-        refused(result, d, "blob-digest", "layer 1", "diff_ids[1]", diff_ids[1])
+        assert_refused(result, d, "blob-digest", "layer 1", "diff_ids[1]", diff_ids[1])
     else:
-        refused(result, d, "manifest-format", "diff_ids", "3 layers")
+        assert_refused(result, d, "manifest-format", "diff_ids", "3 layers")
     assert not list(Path(gate.state.parent).glob("dest*"))
     assert [p.name for p in (gate.state / "cache").iterdir() if not p.name.startswith(".")] == []
 

@@ -14,6 +14,7 @@ from registry.digest import sha256_digest
 from registry.layout import LayoutStore
 from registry.model import ANN_REF_NAME, ANN_TEAM, OCI_MANIFEST
 from tests.fixtures.airflow import (
+    assert_refused,
     BUNDLE_A,
     BUNDLE_B,
     TEAM_A,
@@ -28,31 +29,6 @@ from tests.fixtures.airflow import (
 )
 
 PREFIX = f"opt/airflow/bundles/{BUNDLE_A}/"
-
-
-@pytest.fixture
-def gate(dagseal, gate_policy, tmp_path):
-    """fetch/verify with this test's policy and state dir; returns (CliResult, decision dict)."""
-    state = tmp_path / "state"
-
-    def _run(command: str, ref: str, *extra: str, team: str = TEAM_A):
-        args = [command, ref, "--team", team, "--policy", gate_policy, "--state-dir", state, "--json", *extra]
-        if command == "fetch" and "--dest" not in extra:
-            args += ["--dest", tmp_path / "dest"]
-        result = dagseal(*args)
-        lines = result.json_lines
-        return result, (lines[-1] if lines else {})
-
-    _run.state = state  # type: ignore[attr-defined]
-    return _run
-
-
-def assert_refused(result, decision, check: str, *words: str) -> None:
-    assert result.code == 3, result.stdout + result.stderr
-    assert decision["decision"] == "refused"
-    assert decision["check"] == check, decision
-    for word in words:
-        assert word in decision["reason"] + decision.get("hint", ""), decision
 
 
 def assert_nothing_materialised(gate, tmp_path: Path) -> None:
