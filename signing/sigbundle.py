@@ -16,10 +16,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from pydantic import ValidationError
-
 from registry.errors import Refused
 from registry.model import SIGSTORE_BUNDLE, canonical_json, load_json
+from signing.checked import SchemaError
 from signing.dsse import PAYLOAD_TYPE, Envelope
 
 if TYPE_CHECKING:
@@ -88,11 +87,10 @@ def parse_bundle(bundle_json: bytes) -> ParsedBundle:
     if not isinstance(raw_env, dict):
         raise Refused("signature bundle holds no DSSE envelope (message signatures are not accepted)", check="signature")
     try:
-        envelope = Envelope.model_validate(raw_env)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise Refused(f"signature bundle's DSSE envelope is malformed at {'.'.join(map(str, first['loc']))}: "
-                      f"{first['msg']}", check="signature") from None
+        envelope = Envelope.from_dict(raw_env)
+    except SchemaError as exc:
+        raise Refused(f"signature bundle's DSSE envelope is malformed at {exc.where}: {exc.msg}",
+                      check="signature") from None
     keyless = "certificate" in material or "x509CertificateChain" in material
     hint = None
     if not keyless:
