@@ -231,7 +231,7 @@ def _schema_models() -> dict[str, Any]:
     from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
     from pydantic import Field as PField
 
-    text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+    text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]  # noqa: F841 (used in string annotations below)
 
     class _Strict(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
