@@ -327,24 +327,34 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_json(data: bytes, *, what: str, limit: int = MAX_MANIFEST_BYTES) -> Any:
-    """Parse untrusted JSON bytes: size-capped, duplicate keys refused (they hide fields from one parser)."""
+def load_json(data: bytes, *, what: str, limit: int = MAX_MANIFEST_BYTES, check: str = "manifest-format") -> Any:
+    """Parse untrusted JSON bytes: size-capped, duplicate keys refused (they hide fields from one parser).
+
+    Refusals carry `check`, so each caller's refusal names its own check (a manifest, a signed
+    statement, a signature bundle)."""
     if len(data) > limit:
-        raise Refused(f"{what} is {len(data)} bytes, more than the {limit} allowed", check="manifest-format",
-                      hint="the store is serving something that is not a dagseal manifest")
+        raise Refused(f"{what} is {len(data)} bytes, more than the {limit} allowed", check=check,
+                      hint="the store is serving something that is not a dagseal document")
     try:
         return json.loads(data, object_pairs_hook=_reject_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(f"{what} is not valid JSON: {exc}", check="manifest-format") from None
+        raise Refused(f"{what} is not valid JSON: {exc}", check=check) from None
     except RecursionError:  # `[[[[...` a few thousand deep: not a ValueError, would be a traceback
-        raise Refused(f"{what} nests too deeply to be a dagseal document", check="manifest-format") from None
+        raise Refused(f"{what} nests too deeply to be a dagseal document", check=check) from None
+
+
+def load_json_object(data: bytes, *, what: str, limit: int = MAX_MANIFEST_BYTES,
+                     check: str = "manifest-format") -> dict[str, Any]:
+    """`load_json` for documents that must be a JSON object."""
+    doc = load_json(data, what=what, limit=limit, check=check)
+    if not isinstance(doc, dict):
+        raise Refused(f"{what} is not a JSON object", check=check)
+    return doc
 
 
 def parse_content(data: bytes, *, media_type: str | None = None, what: str = "manifest") -> RawContent:
     """Parse manifest or index bytes from any store; refuses malformed or oversized content."""
-    doc = load_json(data, what=what)
-    if not isinstance(doc, dict):
-        raise Refused(f"{what} is not a JSON object", check="manifest-format")
+    doc = load_json_object(data, what=what)
     declared = doc.get("mediaType") or media_type
     if declared is None:
         declared = OCI_INDEX if "manifests" in doc else OCI_MANIFEST

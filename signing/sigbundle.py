@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from registry.errors import Refused
-from registry.model import SIGSTORE_BUNDLE, canonical_json, load_json
+from registry.model import SIGSTORE_BUNDLE, canonical_json, load_json_object
 from signing.checked import SchemaError
 from signing.dsse import PAYLOAD_TYPE, Envelope
 
@@ -71,12 +71,7 @@ def build_key_bundle(envelope: Envelope, key_id: str) -> bytes:
 
 def parse_bundle(bundle_json: bytes) -> ParsedBundle:
     """Parse a Sigstore bundle v0.3 holding a DSSE envelope; Refused(check="signature") if malformed."""
-    try:
-        doc = load_json(bundle_json, what="signature bundle", limit=MAX_BUNDLE_BYTES)
-    except Refused as exc:
-        raise Refused(exc.message, check="signature") from None
-    if not isinstance(doc, dict):
-        raise Refused("signature bundle is not a JSON object", check="signature")
+    doc = load_json_object(bundle_json, what="signature bundle", limit=MAX_BUNDLE_BYTES, check="signature")
     if doc.get("mediaType") not in BUNDLE_MEDIA_TYPES:
         raise Refused(f"signature bundle has mediaType {doc.get('mediaType')!r}, expected {SIGSTORE_BUNDLE!r}",
                       check="signature", hint="sign with `dagseal sign` (Sigstore bundle v0.3)")

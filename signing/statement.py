@@ -20,7 +20,7 @@ from typing import Any
 
 from registry.digest import hex_of, is_digest
 from registry.errors import Refused
-from registry.model import canonical_json, load_json
+from registry.model import canonical_json, load_json_object
 from signing.checked import (HAS_DEFAULT, Field, SchemaError, json_object, list_of, optional, read_fields, recheck,
                              str_dict, text)
 
@@ -209,12 +209,7 @@ def make_statement(repository: str, manifest_digest: str, predicate: BundlePredi
 
 def parse_statement(payload: bytes) -> Statement:
     """Parse a statement from hostile bytes; raises Refused(check="statement") naming the problem."""
-    try:
-        doc = load_json(payload, what="signed statement", limit=MAX_STATEMENT_BYTES)
-    except Refused as exc:
-        raise Refused(exc.message, check="statement") from None
-    if not isinstance(doc, dict):
-        raise Refused("signed statement is not a JSON object", check="statement")
+    doc = load_json_object(payload, what="signed statement", limit=MAX_STATEMENT_BYTES, check="statement")
     try:
         statement = Statement.from_dict(doc)
     except SchemaError as exc:
